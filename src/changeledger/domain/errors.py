@@ -1,0 +1,73 @@
+"""The error tree of changeledger.
+
+Every error the library raises on purpose derives from one root, so callers can catch
+``ChangeLedgerError`` and the CLI can map each branch to its documented exit code::
+
+    ChangeLedgerError                 exit 1
+    ├── ValidationError               exit 2  bad argument or input
+    │   └── WorkspaceError            exit 2  path outside the workspace, refused path
+    ├── NotFoundError                 exit 3  unknown plan, changeset, ledger
+    │   └── MissingArtifactError      exit 3  a blob or changeset whose content is gone
+    ├── ConflictError                 exit 4  workspace changed since the plan was staged
+    ├── StateTransitionError          exit 5  a plan state change that is not allowed
+    └── StorageError                  exit 1  database failure (the driver error is chained)
+
+Messages name the thing that is wrong and say what to do next.
+"""
+
+from __future__ import annotations
+
+
+class ChangeLedgerError(Exception):
+    """Root of every error changeledger raises on purpose."""
+
+    exit_code: int = 1
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ValidationError(ChangeLedgerError):
+    """An argument or input value is invalid; ``field`` names it."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class WorkspaceError(ValidationError):
+    """A path is outside the workspace or in a place the ledger never touches."""
+
+
+class NotFoundError(ChangeLedgerError):
+    """A plan, changeset or ledger that was asked for does not exist."""
+
+    exit_code = 3
+
+
+class MissingArtifactError(NotFoundError):
+    """Recorded data whose content is gone: a cleaned-up changeset or a lost blob."""
+
+
+class ConflictError(ChangeLedgerError):
+    """The workspace no longer matches what the plan was staged against."""
+
+    exit_code = 4
+
+
+class StateTransitionError(ChangeLedgerError):
+    """A plan was asked to move to a state its current state does not allow."""
+
+    exit_code = 5
+
+
+class StorageError(ChangeLedgerError):
+    """The database failed; the driver's exception is chained as ``__cause__``."""
+
+    exit_code = 1

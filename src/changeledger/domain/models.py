@@ -1,0 +1,364 @@
+"""Pure domain values: plans, changesets, change entries and tool invocations.
+
+Nothing here knows about SQL. The records the ledger persists (``ChangeEntry``,
+``ToolInvocation``, ``SpecChangeSet``) are frozen dataclasses; what callers hand to a store
+to be recorded (``FileChange``, ``ToolCall``) carries content and leaves ids, sequence
+numbers and hashes to the store.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import TypeAlias
+
+from changeledger.domain.errors import StateTransitionError, ValidationError
+from changeledger.domain.paths import normalize_path
+from changeledger.domain.validation import check_text
+
+#: Anything ``json.dumps`` accepts without help.
+JSONValue: TypeAlias = (
+    str | int | float | bool | Sequence["JSONValue"] | Mapping[str, "JSONValue"] | None
+)
+
+#: Longest tool name the ledger keeps.
+MAX_TOOL_NAME = 200
+
+#: Bytes git looks at to decide that content is binary.
+BINARY_SNIFF_BYTES = 8000
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware in UTC."""
+    return datetime.now(UTC)
+
+
+def sha256_hex(data: bytes) -> str:
+    """SHA-256 of ``data`` as 64 lower-case hex digits: the ledger's content address."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def looks_binary(data: bytes) -> bool:
+    """True when ``data`` has a NUL byte in its first 8000 bytes, the rule git uses."""
+    return b"\x00" in data[:BINARY_SNIFF_BYTES]
+
+
+class PlanState(enum.StrEnum):
+    """Where a plan is in its life. See ``ALLOWED_TRANSITIONS``."""
+
+    CREATED = "created"
+    EXECUTING = "executing"
+    EXECUTED = "executed"
+    FAILED = "failed"
+    APPLYING = "applying"
+    APPLIED = "applied"
+    APPLY_FAILED = "apply_failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_final(self) -> bool:
+        return not ALLOWED_TRANSITIONS[self]
+
+    def allowed(self) -> frozenset[PlanState]:
+        return ALLOWED_TRANSITIONS[self]
+
+    def check_transition(self, target: PlanState) -> None:
+        """Raise ``StateTransitionError`` unless ``self -> target`` is allowed."""
+        allowed = ALLOWED_TRANSITIONS[self]
+        if target not in allowed:
+            names = ", ".join(sorted(s.value for s in allowed)) or "none: it is final"
+            raise StateTransitionError(
+                f"cannot move a plan from {self.value} to {target.value}; "
+                f"allowed from {self.value}: {names}"
+            )
+
+
+ALLOWED_TRANSITIONS: Mapping[PlanState, frozenset[PlanState]] = {
+    PlanState.CREATED: frozenset({PlanState.EXECUTING, PlanState.CANCELLED}),
+    PlanState.EXECUTING: frozenset({PlanState.EXECUTED, PlanState.FAILED, PlanState.CANCELLED}),
+    PlanState.EXECUTED: frozenset({PlanState.EXECUTING, PlanState.APPLYING, PlanState.CANCELLED}),
+    PlanState.FAILED: frozenset({PlanState.EXECUTING, PlanState.CANCELLED}),
+    PlanState.APPLYING: frozenset({PlanState.APPLIED, PlanState.APPLY_FAILED}),
+    PlanState.APPLIED: frozenset(),
+    PlanState.APPLY_FAILED: frozenset(),
+    PlanState.CANCELLED: frozenset(),
+}
+
+
+class ChangeOperation(enum.StrEnum):
+    """What one change entry did to a file."""
+
+    CREATE = "create"
+    MODIFY = "modify"
+    DELETE = "delete"
+    RENAME = "rename"
+
+
+class InvocationStatus(enum.StrEnum):
+    OK = "ok"
+    ERROR = "error"
+
+
+@dataclass(frozen=True)
+class PlanError:
+    """Why a plan failed: a message and free-form details."""
+
+    message: str
+    details: Mapping[str, JSONValue] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """One unit of intended work against one workspace."""
+
+    id: str
+    title: str
+    workspace: str
+    state: PlanState = PlanState.CREATED
+    description: str = ""
+    created_at: datetime = field(default_factory=utcnow)
+    updated_at: datetime = field(default_factory=utcnow)
+    current_changeset_id: str | None = None
+    error: PlanError | None = None
+    metadata: Mapping[str, JSONValue] = field(default_factory=dict)
+
+    def transitioned(self, target: PlanState, *, error: PlanError | None = None) -> Plan:
+        """Return this plan in ``target`` state, or raise ``StateTransitionError``."""
+        self.state.check_transition(target)
+        return replace(self, state=target, updated_at=utcnow(), error=error or self.error)
+
+
+@dataclass(frozen=True)
+class FileChange:
+    """A file mutation as a tool made it, with full content, before it is recorded.
+
+    ``before`` is ``None`` for a create and ``after`` is ``None`` for a delete. A rename
+    names the old path in ``old_path``; its content may change in the same step.
+    """
+
+    path: str
+    operation: ChangeOperation
+    before: bytes | None = None
+    after: bytes | None = None
+    old_path: str | None = None
+    mode: int | None = None
+    tool_invocation_id: str | None = None
+    tool_name: str | None = None
+
+    def validated(self) -> FileChange:
+        """Return a copy with normalised paths, or raise ``ValidationError``."""
+        try:
+            op = ChangeOperation(self.operation)
+        except ValueError as exc:
+            raise ValidationError(
+                f"operation {self.operation!r} is not one of create, modify, delete, rename",
+                field="operation",
+            ) from exc
+        path = normalize_path(self.path, "path")
+        old_path = None if self.old_path is None else normalize_path(self.old_path, "old_path")
+        for name, value in (("before", self.before), ("after", self.after)):
+            if value is not None and not isinstance(value, bytes):
+                raise ValidationError(
+                    f"{name} content must be bytes, not {type(value).__name__}", field=name
+                )
+        needs = {
+            ChangeOperation.CREATE: (False, True),
+            ChangeOperation.MODIFY: (True, True),
+            ChangeOperation.DELETE: (True, False),
+            ChangeOperation.RENAME: (True, True),
+        }[op]
+        for name, value, required in (
+            ("before", self.before, needs[0]),
+            ("after", self.after, needs[1]),
+        ):
+            if required and value is None:
+                raise ValidationError(f"a {op.value} change needs {name} content", field=name)
+            if not required and value is not None:
+                raise ValidationError(f"a {op.value} change has no {name} content", field=name)
+        if op is ChangeOperation.RENAME:
+            if old_path is None:
+                raise ValidationError("a rename needs old_path", field="old_path")
+            if old_path == path:
+                raise ValidationError(
+                    "a rename needs old_path different from path", field="old_path"
+                )
+        elif old_path is not None:
+            raise ValidationError(f"a {op.value} change takes no old_path", field="old_path")
+        if self.tool_name is not None and not 0 < len(self.tool_name) <= MAX_TOOL_NAME:
+            raise ValidationError(
+                f"tool_name must have 1 to {MAX_TOOL_NAME} characters", field="tool_name"
+            )
+        if self.mode is not None and not 0 <= self.mode <= 0o7777:
+            raise ValidationError(f"mode {self.mode!r} is not a permission mode", field="mode")
+        return replace(self, operation=op, path=path, old_path=old_path)
+
+
+@dataclass(frozen=True)
+class ChangeEntry:
+    """One recorded file mutation. Content lives in blobs addressed by the two hashes."""
+
+    id: str
+    changeset_id: str
+    plan_id: str
+    seq: int
+    path: str
+    operation: ChangeOperation
+    old_path: str | None
+    before_hash: str | None
+    after_hash: str | None
+    before_size: int | None
+    after_size: int | None
+    binary: bool
+    mode: int | None
+    tool_invocation_id: str | None
+    tool_name: str | None
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """A finished tool call as the caller saw it, before it is recorded.
+
+    ``id`` may be chosen up front so that change entries can name the call that made them;
+    otherwise the store assigns one.
+    """
+
+    tool_name: str
+    arguments: Mapping[str, JSONValue] = field(default_factory=dict)
+    result: JSONValue = None
+    status: InvocationStatus = InvocationStatus.OK
+    error_type: str | None = None
+    error_message: str | None = None
+    started_at: datetime = field(default_factory=utcnow)
+    finished_at: datetime | None = None
+    resource_refs: Sequence[str] = ()
+    provider_metadata: Mapping[str, JSONValue] = field(default_factory=dict)
+    id: str | None = None
+
+    def validated(self) -> ToolCall:
+        """Return a copy with the status as an enum and a finish time, or raise."""
+        check_text(self.tool_name, "tool_name")
+        if len(self.tool_name) > MAX_TOOL_NAME:
+            raise ValidationError(
+                f"tool_name is longer than {MAX_TOOL_NAME} characters", field="tool_name"
+            )
+        if not isinstance(self.arguments, Mapping):
+            raise ValidationError("arguments must be a mapping", field="arguments")
+        try:
+            status = InvocationStatus(self.status)
+        except ValueError as exc:
+            raise ValidationError(
+                f"status {self.status!r} is not one of ok, error", field="status"
+            ) from exc
+        if self.started_at.tzinfo is None:
+            raise ValidationError("started_at must be timezone-aware", field="started_at")
+        finished = self.finished_at or utcnow()
+        if finished.tzinfo is None:
+            raise ValidationError("finished_at must be timezone-aware", field="finished_at")
+        if finished < self.started_at:
+            raise ValidationError("finished_at is before started_at", field="finished_at")
+        if isinstance(self.resource_refs, str) or not all(
+            isinstance(ref, str) for ref in self.resource_refs
+        ):
+            raise ValidationError("resource_refs must be a list of strings", field="resource_refs")
+        return replace(self, status=status, finished_at=finished)
+
+
+@dataclass(frozen=True)
+class ToolInvocation:
+    """One recorded tool call with what it was given, what it returned and what it changed."""
+
+    id: str
+    plan_id: str
+    changeset_id: str
+    seq: int
+    tool_name: str
+    arguments: Mapping[str, JSONValue]
+    result: JSONValue
+    status: InvocationStatus
+    error_type: str | None
+    error_message: str | None
+    started_at: datetime
+    finished_at: datetime
+    duration_ms: float
+    change_ids: tuple[str, ...]
+    resource_refs: tuple[str, ...]
+    provider_metadata: Mapping[str, JSONValue]
+
+
+@dataclass(frozen=True)
+class SpecChangeSet:
+    """The ordered record of one execution of a plan."""
+
+    id: str
+    plan_id: str
+    created_at: datetime
+    entries: tuple[ChangeEntry, ...] = ()
+    invocations: tuple[ToolInvocation, ...] = ()
+
+
+@dataclass(frozen=True)
+class ChangeSetSummary:
+    """Counts over one changeset, cheap enough for ``plan status``."""
+
+    changeset_id: str
+    plan_id: str
+    entries: int
+    files_changed: int
+    creates: int
+    modifies: int
+    deletes: int
+    renames: int
+    tool_calls: int
+    tool_errors: int
+    bytes_before: int
+    bytes_after: int
+
+
+@dataclass(frozen=True)
+class CleanupResult:
+    """What ``delete_for_plan`` removed."""
+
+    plan_id: str
+    changesets: int
+    entries: int
+    invocations: int
+    blobs: int
+
+    @property
+    def total(self) -> int:
+        return self.entries + self.invocations + self.blobs
+
+
+def build_entry(
+    change: FileChange,
+    *,
+    entry_id: str,
+    changeset_id: str,
+    plan_id: str,
+    seq: int,
+    created_at: datetime,
+) -> ChangeEntry:
+    """The ``ChangeEntry`` that records a validated ``change`` at position ``seq``."""
+    before, after = change.before, change.after
+    return ChangeEntry(
+        id=entry_id,
+        changeset_id=changeset_id,
+        plan_id=plan_id,
+        seq=seq,
+        path=change.path,
+        operation=ChangeOperation(change.operation),
+        old_path=change.old_path,
+        before_hash=None if before is None else sha256_hex(before),
+        after_hash=None if after is None else sha256_hex(after),
+        before_size=None if before is None else len(before),
+        after_size=None if after is None else len(after),
+        binary=any(looks_binary(c) for c in (before, after) if c is not None),
+        mode=change.mode,
+        tool_invocation_id=change.tool_invocation_id,
+        tool_name=change.tool_name,
+        created_at=created_at,
+    )

@@ -1,0 +1,124 @@
+"""Content-addressed blob storage: one row per SHA-256, compressed when it pays."""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterable
+from typing import Any, cast
+
+from sqlalchemy import CursorResult, delete, exists, or_, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from changeledger.domain.errors import MissingArtifactError, StorageError
+from changeledger.domain.models import sha256_hex, utcnow
+from changeledger.storage.models import BlobModel, ChangeSetEntryModel
+
+#: Content shorter than this is stored as it is: compression would not pay for its header.
+MIN_COMPRESS_BYTES = 64
+ZLIB_LEVEL = 6
+
+
+def rowcount(result: object) -> int:
+    """Rows a DML statement touched (``Session.execute`` is typed as returning ``Result``)."""
+    return cast(CursorResult[Any], result).rowcount
+
+
+def _encode(content: bytes) -> tuple[str, bytes]:
+    if len(content) >= MIN_COMPRESS_BYTES:
+        packed = zlib.compress(content, ZLIB_LEVEL)
+        if len(packed) < len(content):
+            return "zlib", packed
+    return "none", content
+
+
+def put_blobs(session: Session, contents: Iterable[bytes]) -> list[str]:
+    """Store each content once (idempotent); return their digests in the given order."""
+    by_digest: dict[str, bytes] = {}
+    digests = []
+    for content in contents:
+        digest = sha256_hex(content)
+        by_digest.setdefault(digest, content)
+        digests.append(digest)
+    if not by_digest:
+        return digests
+    present = set(
+        session.scalars(select(BlobModel.hash).where(BlobModel.hash.in_(list(by_digest))))
+    )
+    missing = [d for d in by_digest if d not in present]
+    if missing:
+        now = utcnow()
+        rows = []
+        for digest in missing:
+            content = by_digest[digest]
+            compression, data = _encode(content)
+            rows.append(
+                {
+                    "hash": digest,
+                    "size": len(content),
+                    "compression": compression,
+                    "data": data,
+                    "created_at": now,
+                }
+            )
+        # Another writer may store the same content between our check and insert.
+        dialect = session.get_bind().dialect.name
+        if dialect == "postgresql":
+            pg_stmt = postgresql.insert(BlobModel).on_conflict_do_nothing(index_elements=["hash"])
+            session.execute(pg_stmt, rows)
+        else:
+            lite_stmt = sqlite.insert(BlobModel).on_conflict_do_nothing(index_elements=["hash"])
+            session.execute(lite_stmt, rows)
+    return digests
+
+
+def get_blob(session: Session, digest: str) -> bytes:
+    """The content stored under ``digest``; raise when it is missing or damaged."""
+    row = session.execute(
+        select(BlobModel.compression, BlobModel.data, BlobModel.size).where(
+            BlobModel.hash == digest
+        )
+    ).one_or_none()
+    if row is None:
+        raise MissingArtifactError(
+            f"blob {digest} is missing from the ledger (cleaned up, or the database is damaged)"
+        )
+    compression, data, size = row
+    try:
+        content = zlib.decompress(data) if compression == "zlib" else bytes(data)
+    except zlib.error as exc:
+        raise StorageError(f"blob {digest} is damaged: it does not decompress") from exc
+    if len(content) != size or sha256_hex(content) != digest:
+        raise StorageError(f"blob {digest} is damaged: its content does not match its hash")
+    return content
+
+
+def blob_exists(session: Session, digests: Iterable[str]) -> set[str]:
+    wanted = list(set(digests))
+    if not wanted:
+        return set()
+    return set(session.scalars(select(BlobModel.hash).where(BlobModel.hash.in_(wanted))))
+
+
+def collect_garbage(session: Session, candidates: Iterable[str] | None = None) -> int:
+    """Delete blobs no change entry refers to (only among ``candidates`` if given)."""
+    referenced = or_(
+        exists().where(ChangeSetEntryModel.before_hash == BlobModel.hash),
+        exists().where(ChangeSetEntryModel.after_hash == BlobModel.hash),
+    )
+    stmt = delete(BlobModel).where(~referenced)
+    if candidates is not None:
+        wanted = sorted(set(candidates))
+        if not wanted:
+            return 0
+        total = 0
+        # Chunked so that a plan with many blobs stays under bind-parameter limits.
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            result = session.execute(
+                stmt.where(BlobModel.hash.in_(chunk)).execution_options(synchronize_session=False)
+            )
+            total += rowcount(result)
+        return total
+    result = session.execute(stmt.execution_options(synchronize_session=False))
+    return rowcount(result)

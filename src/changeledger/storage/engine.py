@@ -1,0 +1,150 @@
+"""Finding the ledger and building engines for SQLite and PostgreSQL.
+
+No engine is built at import time: callers ask ``create_ledger_engine`` for one.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+from sqlalchemy.pool import ConnectionPoolEntry
+
+from changeledger.domain.errors import NotFoundError, ValidationError
+
+#: Environment variable naming the database when ``--db`` is not given.
+ENV_DB = "CHANGELEDGER_DB"
+#: The ledger's directory inside a workspace root.
+LEDGER_DIR = ".changeledger"
+#: The embedded SQLite file inside ``LEDGER_DIR``.
+LEDGER_FILE = "ledger.db"
+
+#: Milliseconds SQLite waits on a lock held by another process before reporting it busy.
+SQLITE_BUSY_TIMEOUT_MS = 10_000
+
+#: Execution option that makes a SQLite transaction take the write lock when it begins.
+WRITE_OPTION = "changeledger_write"
+
+
+def ledger_path(root: Path) -> Path:
+    """The embedded ledger file for a workspace rooted at ``root``."""
+    return root / LEDGER_DIR / LEDGER_FILE
+
+
+def find_ledger(start: Path) -> Path | None:
+    """Walk up from ``start`` as git does; return the first ``.changeledger/ledger.db``."""
+    current = start.resolve()
+    for directory in (current, *current.parents):
+        candidate = ledger_path(directory)
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def sqlite_url(path: Path) -> URL:
+    return URL.create("sqlite+pysqlite", database=str(path.resolve()))
+
+
+def parse_db(value: str) -> URL:
+    """A ``--db`` value as a URL: a SQLAlchemy URL, or else a path to a SQLite file."""
+    text = value.strip()
+    if not text:
+        raise ValidationError("--db must not be empty", field="db")
+    if "://" not in text:
+        return sqlite_url(Path(text).expanduser())
+    try:
+        url = make_url(text)
+    except ArgumentError as exc:
+        raise ValidationError(
+            f"--db {redact_url(text)!r} is not a database URL", field="db"
+        ) from exc
+    backend = url.get_backend_name()
+    if backend not in {"sqlite", "postgresql"}:
+        raise ValidationError(
+            f"--db uses {backend!r}; changeledger supports sqlite and postgresql", field="db"
+        )
+    if backend == "postgresql" and url.drivername == "postgresql":
+        url = url.set(drivername="postgresql+psycopg")
+    return url
+
+
+def resolve_db(db: str | None, cwd: Path | None = None) -> URL:
+    """The database to use: ``db``, else ``$CHANGELEDGER_DB``, else the ledger found above cwd."""
+    if db:
+        return parse_db(db)
+    env = os.environ.get(ENV_DB, "")
+    if env.strip():
+        return parse_db(env)
+    start = cwd or Path.cwd()
+    found = find_ledger(start)
+    if found is None:
+        raise NotFoundError(
+            f"no ledger found in {start} or any parent directory; run 'changeledger init' "
+            f"in the workspace root, or pass --db / set {ENV_DB}"
+        )
+    return sqlite_url(found)
+
+
+def redact_url(url: str | URL) -> str:
+    """The URL as text with any password masked, fit for messages and logs."""
+    if isinstance(url, URL):
+        return url.render_as_string(hide_password=True)
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "<unparseable url>"
+
+
+def prepare_sqlite_file(url: URL) -> None:
+    """Create the SQLite file's directory (owner-only) when the URL names a file."""
+    database = url.database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    directory = Path(database).parent
+    if not directory.exists():
+        directory.mkdir(parents=True, mode=stat.S_IRWXU)
+
+
+def create_ledger_engine(url: URL | str, *, echo: bool = False) -> Engine:
+    """An engine configured for the ledger's durability and locking rules."""
+    url = make_url(url) if isinstance(url, str) else url
+    if url.get_backend_name() == "sqlite":
+        return _sqlite_engine(url, echo=echo)
+    return create_engine(url, echo=echo, pool_pre_ping=True)
+
+
+def _sqlite_engine(url: URL, *, echo: bool) -> Engine:
+    prepare_sqlite_file(url)
+    engine = create_engine(url, echo=echo)
+
+    @event.listens_for(engine, "connect")
+    def _configure(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
+        # Take transaction control from the driver: the "begin" hook below decides
+        # between a plain (deferred) and an IMMEDIATE transaction.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+            cursor.execute("PRAGMA foreign_keys = ON")
+            if url.database not in (None, "", ":memory:"):
+                cursor.execute("PRAGMA journal_mode = WAL")
+            # FULL: a commit is on disk (WAL fsynced) when it returns.
+            cursor.execute("PRAGMA synchronous = FULL")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(connection: Any) -> None:
+        # Writers take the lock up front so that a read-then-write transaction never
+        # fails to upgrade its lock; busy_timeout then queues writers fairly.
+        if connection.get_execution_options().get(WRITE_OPTION):
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+        else:
+            connection.exec_driver_sql("BEGIN")
+
+    return engine

@@ -1,0 +1,116 @@
+"""``Ledger``: one open database with its stores, the entry point for library users.
+
+with Ledger.open() as ledger:                 # the ledger found above the cwd
+    plan = ledger.plans.create("Rename greeting", workspace="/src/app")
+    changeset = ledger.changesets.start(plan.id)
+    ledger.changesets.record(changeset.id, FileChange(...))
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+from types import TracebackType
+
+from sqlalchemy import Engine
+from sqlalchemy.engine import URL
+from sqlalchemy.orm import sessionmaker
+
+from changeledger.domain.errors import ValidationError
+from changeledger.storage.engine import (
+    LEDGER_DIR,
+    create_ledger_engine,
+    ledger_path,
+    parse_db,
+    redact_url,
+    resolve_db,
+    sqlite_url,
+)
+from changeledger.storage.repositories import (
+    ChangeSetEntryRepository,
+    SqlPlanStore,
+    ToolInvocationRepository,
+)
+from changeledger.storage.schema import ensure_schema
+from changeledger.storage.session import SessionFactory
+from changeledger.storage.store import SqlChangeSetStore
+
+_GITIGNORE = "# changeledger's own data: never commit it.\n*\n"
+
+
+class Ledger:
+    """An open ledger database: plans, changesets, entries, invocations and blobs."""
+
+    def __init__(self, engine: Engine, *, migrate: bool = True) -> None:
+        if not isinstance(engine, Engine):
+            raise ValidationError("engine must be a sqlalchemy Engine", field="engine")
+        self.engine = engine
+        if migrate:
+            ensure_schema(engine)
+        self.session_factory: SessionFactory = sessionmaker(engine, expire_on_commit=False)
+        self.plans = SqlPlanStore(self.session_factory)
+        self.changesets = SqlChangeSetStore(self.session_factory)
+        self.entries = ChangeSetEntryRepository(self.session_factory)
+        self.invocations = ToolInvocationRepository(self.session_factory)
+
+    @classmethod
+    def open(
+        cls, db: str | URL | None = None, *, cwd: Path | None = None, migrate: bool = True
+    ) -> Ledger:
+        """Open ``db`` (URL or SQLite path), else ``$CHANGELEDGER_DB``, else the one above cwd."""
+        url = db if isinstance(db, URL) else resolve_db(db, cwd)
+        engine = create_ledger_engine(url)
+        try:
+            return cls(engine, migrate=migrate)
+        except BaseException:
+            engine.dispose()
+            raise
+
+    @classmethod
+    def init(cls, root: Path, db: str | None = None) -> Ledger:
+        """Create (or open) the ledger for the workspace at ``root`` and bring it to head.
+
+        Without ``db`` this is the embedded SQLite file ``.changeledger/ledger.db``: its
+        directory and file are readable by the owner only, and it ignores itself for git.
+        """
+        root = root.resolve()
+        if not root.is_dir():
+            raise ValidationError(f"workspace {root} is not a directory", field="workspace")
+        if db is not None:
+            return cls.open(parse_db(db))
+        directory = root / LEDGER_DIR
+        directory.mkdir(mode=stat.S_IRWXU, exist_ok=True)
+        directory.chmod(stat.S_IRWXU)
+        ignore = directory / ".gitignore"
+        if not ignore.exists():
+            ignore.write_text(_GITIGNORE, encoding="utf-8")
+        path = ledger_path(root)
+        if not path.exists():
+            # Create the file owner-only before SQLite opens it with the umask's mode.
+            fd = os.open(path, os.O_CREAT | os.O_WRONLY, stat.S_IRUSR | stat.S_IWUSR)
+            os.close(fd)
+        return cls.open(sqlite_url(path))
+
+    @property
+    def url(self) -> str:
+        """The database URL with any password masked."""
+        return redact_url(self.engine.url)
+
+    @property
+    def backend(self) -> str:
+        return self.engine.dialect.name
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

@@ -1,0 +1,131 @@
+"""Conversions between table rows and domain values."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from changeledger.domain.models import (
+    ChangeEntry,
+    ChangeOperation,
+    InvocationStatus,
+    JSONValue,
+    Plan,
+    PlanError,
+    PlanState,
+    ToolInvocation,
+)
+from changeledger.domain.validation import to_json
+from changeledger.storage.models import ChangeSetEntryModel, PlanModel, ToolInvocationModel
+
+
+def _mapping(text: str | None) -> Mapping[str, JSONValue]:
+    if not text:
+        return {}
+    value = json.loads(text)
+    return value if isinstance(value, dict) else {}
+
+
+def plan_from_row(row: PlanModel) -> Plan:
+    error = None
+    if row.error_message is not None:
+        error = PlanError(message=row.error_message, details=_mapping(row.error_details))
+    return Plan(
+        id=row.id,
+        title=row.title,
+        description=row.description,
+        workspace=row.workspace,
+        state=PlanState(row.state),
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        current_changeset_id=row.current_changeset_id,
+        error=error,
+        metadata=_mapping(row.metadata_json),
+    )
+
+
+def entry_values(entry: ChangeEntry) -> dict[str, Any]:
+    """Column values for inserting ``entry``."""
+    return {
+        "id": entry.id,
+        "changeset_id": entry.changeset_id,
+        "plan_id": entry.plan_id,
+        "seq": entry.seq,
+        "path": entry.path,
+        "old_path": entry.old_path,
+        "operation": ChangeOperation(entry.operation).value,
+        "before_hash": entry.before_hash,
+        "after_hash": entry.after_hash,
+        "before_size": entry.before_size,
+        "after_size": entry.after_size,
+        "binary": entry.binary,
+        "mode": entry.mode,
+        "tool_invocation_id": entry.tool_invocation_id,
+        "tool_name": entry.tool_name,
+        "created_at": entry.created_at,
+    }
+
+
+def entry_from_row(row: ChangeSetEntryModel) -> ChangeEntry:
+    return ChangeEntry(
+        id=row.id,
+        changeset_id=row.changeset_id,
+        plan_id=row.plan_id,
+        seq=row.seq,
+        path=row.path,
+        operation=ChangeOperation(row.operation),
+        old_path=row.old_path,
+        before_hash=row.before_hash,
+        after_hash=row.after_hash,
+        before_size=row.before_size,
+        after_size=row.after_size,
+        binary=row.binary,
+        mode=row.mode,
+        tool_invocation_id=row.tool_invocation_id,
+        tool_name=row.tool_name,
+        created_at=row.created_at,
+    )
+
+
+def invocation_values(invocation: ToolInvocation) -> dict[str, Any]:
+    """Column values for inserting ``invocation``; JSON fields become text."""
+    return {
+        "id": invocation.id,
+        "plan_id": invocation.plan_id,
+        "changeset_id": invocation.changeset_id,
+        "seq": invocation.seq,
+        "tool_name": invocation.tool_name,
+        "arguments": to_json(invocation.arguments, "arguments"),
+        "result": to_json(invocation.result, "result"),
+        "status": InvocationStatus(invocation.status).value,
+        "error_type": invocation.error_type,
+        "error_message": invocation.error_message,
+        "started_at": invocation.started_at,
+        "finished_at": invocation.finished_at,
+        "duration_ms": invocation.duration_ms,
+        "change_ids": to_json(list(invocation.change_ids), "change_ids"),
+        "resource_refs": to_json(list(invocation.resource_refs), "resource_refs"),
+        "provider_metadata": to_json(invocation.provider_metadata, "provider_metadata"),
+    }
+
+
+def invocation_from_row(row: ToolInvocationModel) -> ToolInvocation:
+    return ToolInvocation(
+        id=row.id,
+        plan_id=row.plan_id,
+        changeset_id=row.changeset_id,
+        seq=row.seq,
+        tool_name=row.tool_name,
+        arguments=_mapping(row.arguments),
+        result=json.loads(row.result),
+        status=InvocationStatus(row.status),
+        error_type=row.error_type,
+        error_message=row.error_message,
+        started_at=row.started_at,
+        finished_at=row.finished_at,
+        duration_ms=row.duration_ms,
+        change_ids=tuple(json.loads(row.change_ids)),
+        resource_refs=tuple(json.loads(row.resource_refs)),
+        provider_metadata=_mapping(row.provider_metadata),
+    )
