@@ -100,6 +100,17 @@ def redact_url(url: str | URL) -> str:
         return "<unparseable url>"
 
 
+def require_existing(url: URL) -> None:
+    """Raise ``NotFoundError`` when ``url`` names a SQLite file that does not exist."""
+    database = url.database
+    if url.get_backend_name() != "sqlite" or not database or database == ":memory:":
+        return
+    if database.startswith("file:"):
+        return
+    if not Path(database).is_file():
+        raise NotFoundError(f"no ledger at {database}; run 'changeledger init' to create one")
+
+
 def prepare_sqlite_file(url: URL) -> None:
     """Create the SQLite file's directory (owner-only) when the URL names a file."""
     database = url.database

@@ -24,6 +24,7 @@ from changeledger.storage.engine import (
     ledger_path,
     parse_db,
     redact_url,
+    require_existing,
     resolve_db,
     sqlite_url,
 )
@@ -56,10 +57,21 @@ class Ledger:
 
     @classmethod
     def open(
-        cls, db: str | URL | None = None, *, cwd: Path | None = None, migrate: bool = True
+        cls,
+        db: str | URL | None = None,
+        *,
+        cwd: Path | None = None,
+        migrate: bool = True,
+        create: bool = True,
     ) -> Ledger:
-        """Open ``db`` (URL or SQLite path), else ``$CHANGELEDGER_DB``, else the one above cwd."""
+        """Open ``db`` (URL or SQLite path), else ``$CHANGELEDGER_DB``, else the one above cwd.
+
+        With ``create=False`` a SQLite file that does not exist is a ``NotFoundError``
+        instead of a new, empty ledger.
+        """
         url = db if isinstance(db, URL) else resolve_db(db, cwd)
+        if not create:
+            require_existing(url)
         engine = create_ledger_engine(url)
         try:
             return cls(engine, migrate=migrate)

@@ -12,7 +12,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from alembic.util.exc import CommandError
 from sqlalchemy import Connection, Engine, inspect, text
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -134,6 +133,8 @@ def _config() -> Config:
 
 @contextmanager
 def _locked(engine: Engine) -> Iterator[Config]:
+    from alembic.util.exc import CommandError
+
     config = _config()
     with engine.connect() as plain:
         conn = plain.execution_options(**{WRITE_OPTION: True})

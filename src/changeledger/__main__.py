@@ -1,0 +1,5 @@
+"""``python -m changeledger`` runs the command line."""
+
+from changeledger.cli.main import main
+
+main()

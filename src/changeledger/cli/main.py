@@ -1,0 +1,91 @@
+"""The ``changeledger`` command: thin click commands over the library."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import click
+
+from changeledger import __version__
+from changeledger.cli import db as db_commands
+from changeledger.cli.output import CliState, format_option, run
+from changeledger.storage.engine import ENV_DB
+
+
+def _configure_logging(debug: bool) -> None:
+    import logging
+    import sys
+
+    import structlog
+
+    structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso"),
+            structlog.dev.ConsoleRenderer(colors=False),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.DEBUG if debug else logging.WARNING
+        ),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="changeledger")
+@click.option(
+    "--db",
+    metavar="URL",
+    envvar=ENV_DB,
+    help=f"Ledger database: a SQLAlchemy URL or a SQLite file path [env {ENV_DB}]. "
+    "Default: .changeledger/ledger.db in this directory or the nearest parent.",
+)
+@click.option("--debug", is_flag=True, help="Show tracebacks and debug logs.")
+@click.pass_context
+def cli(ctx: click.Context, db: str | None, debug: bool) -> None:
+    """A durable change ledger for AI agents: staged, audited, reviewable file changes."""
+    _configure_logging(debug)
+    ctx.obj = CliState(db=db, debug=debug)
+
+
+@cli.command()
+@click.option(
+    "--workspace",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=".",
+    show_default=True,
+    help="Workspace root that gets .changeledger/ledger.db.",
+)
+@format_option
+@click.pass_context
+def init(ctx: click.Context, workspace: Path, fmt: str | None) -> None:
+    """Create the ledger (or bring an existing one to the current schema)."""
+    state = ctx.find_object(CliState)
+
+    def body() -> Mapping[str, Any]:
+        from changeledger.storage.engine import ledger_path
+        from changeledger.storage.ledger import Ledger
+        from changeledger.storage.schema import current_revision
+
+        db = state.db if state else None
+        existed = db is None and ledger_path(workspace.resolve()).exists()
+        with Ledger.init(workspace, db) as ledger:
+            return {
+                "workspace": str(workspace.resolve()),
+                "database": ledger.url,
+                "backend": ledger.backend,
+                "revision": current_revision(ledger.engine),
+                "created": not existed if db is None else None,
+            }
+
+    run(ctx, "init", fmt, body, lambda d: [f"ledger ready at {d['database']}"])
+
+
+cli.add_command(db_commands.db)
+
+
+def main() -> None:
+    cli(prog_name="changeledger")

@@ -1,0 +1,118 @@
+"""Running a command body, rendering its result and mapping errors to exit codes.
+
+Every command goes through ``run``: the body returns the ``data`` mapping or raises; a
+``ChangeLedgerError`` becomes one line on stderr (and an error envelope for json/yaml) with
+the error's exit code. Anything else is a bug: one line, exit 1, traceback with --debug.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import traceback
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+import click
+
+from changeledger.domain.errors import ChangeLedgerError
+from changeledger.domain.models import utcnow
+from changeledger.render import FORMATS, Envelope, render
+
+
+@dataclass
+class CliState:
+    db: str | None
+    debug: bool
+
+
+def format_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """The ``--format`` option every command takes."""
+    return click.option(
+        "--format",
+        "fmt",
+        type=click.Choice(FORMATS),
+        default=None,
+        help="Output format: rich on a terminal, plain otherwise.",
+    )(fn)
+
+
+def default_format() -> str:
+    return "rich" if sys.stdout.isatty() else "plain"
+
+
+def run(
+    ctx: click.Context,
+    command: str,
+    fmt: str | None,
+    body: Callable[[], Mapping[str, Any]],
+    messages: Callable[[Mapping[str, Any]], list[str]] | None = None,
+) -> NoReturn:
+    """Run ``body``, print its envelope in ``fmt``, and exit with the right code."""
+    state: CliState = ctx.find_object(CliState) or CliState(db=None, debug=False)
+    fmt = fmt or default_format()
+    started = utcnow()
+    clock = time.perf_counter()
+    try:
+        data = body()
+    except ChangeLedgerError as exc:
+        _fail(
+            command,
+            fmt,
+            started,
+            clock,
+            code=exc.exit_code,
+            kind=type(exc).__name__,
+            message=exc.message,
+        )
+    except Exception as exc:  # a bug: say so in one line, show the trace only on request
+        if state.debug:
+            traceback.print_exc()
+        _fail(
+            command,
+            fmt,
+            started,
+            clock,
+            code=1,
+            kind=type(exc).__name__,
+            message=f"internal error: {exc} (run with --debug for the traceback)",
+        )
+    envelope = Envelope(
+        command=command,
+        status="ok",
+        exit_code=0,
+        data=data,
+        started=started,
+        duration_ms=(time.perf_counter() - clock) * 1000.0,
+        messages=tuple(messages(data) if messages else ()),
+    )
+    click.echo(render(envelope, fmt), nl=False)
+    ctx.exit(0)
+
+
+def _fail(
+    command: str,
+    fmt: str,
+    started: Any,
+    clock: float,
+    *,
+    code: int,
+    kind: str,
+    message: str,
+) -> NoReturn:
+    line = " ".join(message.split())
+    click.echo(f"error: {line}", err=True)
+    if fmt in {"json", "yaml"}:
+        envelope = Envelope(
+            command=command,
+            status="error",
+            exit_code=code,
+            data={},
+            started=started,
+            duration_ms=(time.perf_counter() - clock) * 1000.0,
+            messages=(line,),
+            error={"type": kind, "message": line},
+        )
+        click.echo(render(envelope, fmt), nl=False)
+    raise SystemExit(code)
