@@ -3,7 +3,8 @@
 PostgreSQL tests use the server at ``$CHANGELEDGER_TEST_PG`` (default
 ``postgresql+psycopg://postgres@127.0.0.1:5432/postgres``). Each test session creates its own
 database there and drops it at the end. When the server cannot be reached the PostgreSQL
-tests are skipped with the reason, except under CI (``CI`` set), where that is a failure.
+tests are skipped with the reason, except where ``CHANGELEDGER_REQUIRE_PG`` or ``CI`` is set
+(``.ci/run`` sets it): there that is a failure.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def pg_url() -> Iterator[URL]:
     except OperationalError as exc:
         admin.dispose()
         reason = f"PostgreSQL not reachable at {admin_url.render_as_string()}: {exc.orig}"
-        if os.environ.get("CI"):
+        if os.environ.get("CHANGELEDGER_REQUIRE_PG") or os.environ.get("CI"):
             pytest.fail(f"{reason} (CI must run the PostgreSQL tests)")
         pytest.skip(reason)
     try:
