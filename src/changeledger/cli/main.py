@@ -8,30 +8,10 @@ from typing import Any
 
 import click
 
-from changeledger import __version__
+from changeledger import __version__, logs
 from changeledger.cli import db as db_commands
 from changeledger.cli.output import CliState, format_option, run
-from changeledger.storage.engine import ENV_DB
-
-
-def _configure_logging(debug: bool) -> None:
-    import logging
-    import sys
-
-    import structlog
-
-    structlog.configure(
-        processors=[
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso"),
-            structlog.dev.ConsoleRenderer(colors=False),
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(
-            logging.DEBUG if debug else logging.WARNING
-        ),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
-        cache_logger_on_first_use=True,
-    )
+from changeledger.constants import ENV_DB
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -47,7 +27,7 @@ def _configure_logging(debug: bool) -> None:
 @click.pass_context
 def cli(ctx: click.Context, db: str | None, debug: bool) -> None:
     """A durable change ledger for AI agents: staged, audited, reviewable file changes."""
-    _configure_logging(debug)
+    logs.configure(debug=debug)
     ctx.obj = CliState(db=db, debug=debug)
 
 

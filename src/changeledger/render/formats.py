@@ -13,8 +13,6 @@ from datetime import datetime
 from enum import Enum
 from typing import Any
 
-import yaml
-
 from changeledger.domain.errors import ValidationError
 from changeledger.render.envelope import Envelope
 
@@ -104,6 +102,8 @@ def render_json(envelope: Envelope) -> str:
 
 @register("yaml")
 def render_yaml(envelope: Envelope) -> str:
+    import yaml
+
     return yaml.safe_dump(
         jsonable(envelope.to_dict()), sort_keys=False, allow_unicode=True, width=100
     )

@@ -5,13 +5,12 @@ This module holds the cleanup path that cancel and a failed apply both end in.
 
 from __future__ import annotations
 
-import structlog
-
 from changeledger.domain.ids import check_id
 from changeledger.domain.models import CleanupResult
 from changeledger.domain.store import ChangeSetStore, PlanStore
+from changeledger.logs import get_logger
 
-log = structlog.get_logger("changeledger.apply")
+log = get_logger("changeledger.apply")
 
 
 class PlanApplyService:

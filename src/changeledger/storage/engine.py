@@ -15,14 +15,8 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.pool import ConnectionPoolEntry
 
+from changeledger.constants import ENV_DB, LEDGER_DIR, LEDGER_FILE
 from changeledger.domain.errors import NotFoundError, ValidationError
-
-#: Environment variable naming the database when ``--db`` is not given.
-ENV_DB = "CHANGELEDGER_DB"
-#: The ledger's directory inside a workspace root.
-LEDGER_DIR = ".changeledger"
-#: The embedded SQLite file inside ``LEDGER_DIR``.
-LEDGER_FILE = "ledger.db"
 
 #: Milliseconds SQLite waits on a lock held by another process before reporting it busy.
 SQLITE_BUSY_TIMEOUT_MS = 10_000

@@ -17,9 +17,9 @@ from sqlalchemy import Engine
 from sqlalchemy.engine import URL
 from sqlalchemy.orm import sessionmaker
 
+from changeledger.constants import LEDGER_DIR
 from changeledger.domain.errors import ValidationError
 from changeledger.storage.engine import (
-    LEDGER_DIR,
     create_ledger_engine,
     ledger_path,
     parse_db,

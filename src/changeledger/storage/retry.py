@@ -12,7 +12,6 @@ import functools
 from collections.abc import Callable
 from typing import ParamSpec, TypeVar
 
-import structlog
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from tenacity import (
     RetryCallState,
@@ -24,11 +23,12 @@ from tenacity import (
 )
 
 from changeledger.domain.errors import ChangeLedgerError, StorageError
+from changeledger.logs import get_logger
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
-log = structlog.get_logger("changeledger.storage")
+log = get_logger("changeledger.storage")
 
 #: Attempts and total seconds before a transient error is given up on.
 MAX_ATTEMPTS = 8
