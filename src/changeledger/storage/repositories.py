@@ -8,6 +8,7 @@ inside a caller's session so that ``SqlChangeSetStore`` can compose them atomica
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import case, delete, insert, select, update
@@ -23,6 +24,7 @@ from changeledger.domain.ids import check_id, new_id
 from changeledger.domain.models import (
     ChangeEntry,
     FileChange,
+    InvocationStatus,
     JSONValue,
     Plan,
     PlanError,
@@ -231,16 +233,7 @@ class ChangeSetEntryRepository:
             )
         changesets = {(e.changeset_id, e.plan_id) for e in entries}
         for changeset_id, plan_id in changesets:
-            owner = session.scalar(
-                select(ChangeSetModel.plan_id).where(ChangeSetModel.id == changeset_id)
-            )
-            if owner is None:
-                raise NotFoundError(f"changeset {changeset_id} not found")
-            if owner != plan_id:
-                raise ValidationError(
-                    f"changeset {changeset_id} belongs to plan {owner}, not {plan_id}",
-                    field="plan_id",
-                )
+            owned_changeset(session, changeset_id, plan_id)
             top = max(e.seq for e in entries if e.changeset_id == changeset_id)
             session.execute(
                 update(ChangeSetModel)
@@ -301,17 +294,7 @@ class ToolInvocationRepository:
 
     @staticmethod
     def insert_invocation(session: Session, values: dict[str, Any]) -> None:
-        owner = session.scalar(
-            select(ChangeSetModel.plan_id).where(ChangeSetModel.id == values["changeset_id"])
-        )
-        if owner is None:
-            raise NotFoundError(f"changeset {values['changeset_id']} not found")
-        if owner != values["plan_id"]:
-            raise ValidationError(
-                f"changeset {values['changeset_id']} belongs to plan {owner}, "
-                f"not {values['plan_id']}",
-                field="plan_id",
-            )
+        owned_changeset(session, values["changeset_id"], values["plan_id"])
         session.execute(
             update(ChangeSetModel)
             .where(ChangeSetModel.id == values["changeset_id"])
@@ -327,6 +310,37 @@ class ToolInvocationRepository:
             ) from exc
 
 
+def live_changeset(session: Session, changeset_id: str) -> ChangeSetModel:
+    """The changeset row, or ``NotFoundError``; ``MissingArtifactError`` once cleaned up."""
+    row = session.get(ChangeSetModel, changeset_id)
+    if row is None:
+        raise NotFoundError(f"changeset {changeset_id} not found")
+    if row.cleaned_at is not None:
+        raise MissingArtifactError(
+            f"changeset {changeset_id} of plan {row.plan_id} was cleaned up at "
+            f"{row.cleaned_at.isoformat()}; its entries are gone"
+        )
+    return row
+
+
+def owned_changeset(session: Session, changeset_id: str, plan_id: str) -> ChangeSetModel:
+    """``live_changeset`` that must also belong to ``plan_id``."""
+    row = live_changeset(session, changeset_id)
+    if row.plan_id != plan_id:
+        raise ValidationError(
+            f"changeset {changeset_id} belongs to plan {row.plan_id}, not {plan_id}",
+            field="plan_id",
+        )
+    return row
+
+
+def _check_aware(value: object, name: str) -> None:
+    if not isinstance(value, datetime):
+        raise ValidationError(f"{name} must be a datetime", field=name)
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValidationError(f"{name} must be timezone-aware (UTC)", field=name)
+
+
 def _check_entry(entry: object) -> ChangeEntry:
     if not isinstance(entry, ChangeEntry):
         raise ValidationError(
@@ -336,6 +350,7 @@ def _check_entry(entry: object) -> ChangeEntry:
     check_id(entry.changeset_id, "changeset_id")
     check_id(entry.plan_id, "plan_id")
     check_positive_int(entry.seq, "seq")
+    _check_aware(entry.created_at, "created_at")
     for name in ("before_hash", "after_hash"):
         digest = getattr(entry, name)
         if digest is not None:
@@ -367,6 +382,14 @@ def _check_invocation(invocation: object) -> ToolInvocation:
     check_id(invocation.plan_id, "plan_id")
     check_positive_int(invocation.seq, "seq")
     check_text(invocation.tool_name, "tool_name")
+    try:
+        InvocationStatus(invocation.status)
+    except ValueError as exc:
+        raise ValidationError(
+            f"status {invocation.status!r} is not one of ok, error", field="status"
+        ) from exc
+    _check_aware(invocation.started_at, "started_at")
+    _check_aware(invocation.finished_at, "finished_at")
     return invocation
 
 

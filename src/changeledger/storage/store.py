@@ -11,9 +11,10 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from sqlalchemy import ColumnElement, case, delete, distinct, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from changeledger.domain.errors import MissingArtifactError, NotFoundError, ValidationError
+from changeledger.domain.errors import NotFoundError, ValidationError
 from changeledger.domain.ids import check_id, new_id
 from changeledger.domain.models import (
     ChangeEntry,
@@ -43,7 +44,11 @@ from changeledger.storage.models import (
     PlanModel,
     ToolInvocationModel,
 )
-from changeledger.storage.repositories import ChangeSetEntryRepository, ToolInvocationRepository
+from changeledger.storage.repositories import (
+    ChangeSetEntryRepository,
+    ToolInvocationRepository,
+    live_changeset,
+)
 from changeledger.storage.retry import database_retry
 from changeledger.storage.session import SessionFactory, UnitOfWork
 
@@ -130,7 +135,12 @@ class SqlChangeSetStore:
                 resource_refs=tuple(call.resource_refs),
                 provider_metadata=json_roundtrip(dict(call.provider_metadata), "provider_metadata"),
             )
-            session.execute(insert(ToolInvocationModel), [invocation_values(invocation)])
+            try:
+                session.execute(insert(ToolInvocationModel), [invocation_values(invocation)])
+            except IntegrityError as exc:
+                raise ValidationError(
+                    f"tool invocation {call_id} is already recorded", field="id"
+                ) from exc
         return invocation
 
     @database_retry("read a changeset")
@@ -161,7 +171,7 @@ class SqlChangeSetStore:
             return func.coalesce(func.sum(case((e.operation == op.value, 1), else_=0)), 0)
 
         with self._uow.read() as session:
-            plan_id = self._changeset(session, key).plan_id
+            plan_id = live_changeset(session, key).plan_id
             row = session.execute(
                 select(
                     func.count(e.id),
@@ -238,18 +248,6 @@ class SqlChangeSetStore:
 
     # -- helpers inside one transaction ------------------------------------------------
 
-    @staticmethod
-    def _changeset(session: Session, changeset_id: str) -> ChangeSetModel:
-        row = session.get(ChangeSetModel, changeset_id)
-        if row is None:
-            raise NotFoundError(f"changeset {changeset_id} not found")
-        if row.cleaned_at is not None:
-            raise MissingArtifactError(
-                f"changeset {changeset_id} of plan {row.plan_id} was cleaned up at "
-                f"{row.cleaned_at.isoformat()}; its entries are gone"
-            )
-        return row
-
     def _reserve(
         self, session: Session, changeset_id: str, *, entries: int, invocations: int = 0
     ) -> tuple[str, int, int]:
@@ -265,7 +263,7 @@ class SqlChangeSetStore:
             .returning(c.plan_id, c.entry_count, c.invocation_count)
         ).one_or_none()
         if bumped is None:
-            self._changeset(session, changeset_id)  # raises the right error
+            live_changeset(session, changeset_id)  # raises the right error
             raise NotFoundError(f"changeset {changeset_id} not found")  # pragma: no cover
         plan_id, entry_count, invocation_count = bumped
         return plan_id, entry_count - entries + 1, invocation_count
@@ -298,7 +296,7 @@ class SqlChangeSetStore:
 
     @staticmethod
     def _load(session: Session, changeset_id: str) -> SpecChangeSet:
-        row = SqlChangeSetStore._changeset(session, changeset_id)
+        row = live_changeset(session, changeset_id)
         entries = session.scalars(
             select(ChangeSetEntryModel)
             .where(ChangeSetEntryModel.changeset_id == changeset_id)
