@@ -32,7 +32,9 @@ class LazyLogger:
         global _configured  # noqa: PLW0603
         import structlog
 
-        if not _configured and _level != logging.WARNING:
+        # Configure only for the CLI, or when the application left structlog unconfigured
+        # (its default prints every level to stdout, which would mix with command output).
+        if not _configured and (_level != logging.WARNING or not structlog.is_configured()):
             structlog.configure(
                 processors=[
                     structlog.processors.add_log_level,

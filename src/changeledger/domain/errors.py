@@ -10,6 +10,8 @@ Every error the library raises on purpose derives from one root, so callers can 
     │   └── MissingArtifactError      exit 3  a blob or changeset whose content is gone
     ├── ConflictError                 exit 4  workspace changed since the plan was staged
     ├── StateTransitionError          exit 5  a plan state change that is not allowed
+    ├── ToolError                     exit 1  a tool call failed (recorded as an error)
+    ├── ApplyError                    exit 1  apply failed; the workspace was restored
     └── StorageError                  exit 1  database failure (the driver error is chained)
 
 Messages name the thing that is wrong and say what to do next.
@@ -36,7 +38,7 @@ class ValidationError(ChangeLedgerError):
 
     exit_code = 2
 
-    def __init__(self, message: str, *, field: str | None = None) -> None:
+    def __init__(self, message: str, field: str | None = None) -> None:
         super().__init__(message)
         self.field = field
 
@@ -65,6 +67,23 @@ class StateTransitionError(ChangeLedgerError):
     """A plan was asked to move to a state its current state does not allow."""
 
     exit_code = 5
+
+
+class ToolError(ChangeLedgerError):
+    """A tool call raised; it was recorded as an error invocation and staged nothing."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, tool_name: str, error_type: str) -> None:
+        super().__init__(message)
+        self.tool_name = tool_name
+        self.error_type = error_type
+
+
+class ApplyError(ChangeLedgerError):
+    """Writing a plan to its workspace failed; every file already written was restored."""
+
+    exit_code = 1
 
 
 class StorageError(ChangeLedgerError):

@@ -58,7 +58,7 @@ class Ledger:
     @classmethod
     def open(
         cls,
-        db: str | URL | None = None,
+        db: str | os.PathLike[str] | URL | None = None,
         *,
         cwd: Path | None = None,
         migrate: bool = True,
@@ -69,6 +69,8 @@ class Ledger:
         With ``create=False`` a SQLite file that does not exist is a ``NotFoundError``
         instead of a new, empty ledger.
         """
+        if isinstance(db, os.PathLike):
+            db = sqlite_url(Path(db))
         url = db if isinstance(db, URL) else resolve_db(db, cwd)
         if not create:
             require_existing(url)

@@ -1,0 +1,413 @@
+"""Writing a plan's net change to the workspace: all of it, or none of it.
+
+The applier works in three phases, each finished before the next starts, under a journal
+kept in ``.changeledger/journal/<plan id>/`` of the workspace:
+
+1. back up: every file that will be replaced or deleted gets a hard link (a copy where the
+   filesystem has none) in the journal's ``originals/``;
+2. stage: every new content is written to a temporary file beside its target and fsynced;
+3. commit: deletes are unlinked and temporary files renamed over their targets; every
+   touched directory is fsynced.
+
+The journal is written and fsynced before phase 1. Rolling back (after any failure, or
+when a crashed apply's journal is found) puts each backup back with a rename, removes files
+the plan created and directories it made, and deletes the journal: the workspace is then
+byte for byte what it was, whatever point the apply reached.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import shutil
+import signal
+import stat
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from changeledger.constants import LEDGER_DIR
+from changeledger.domain.errors import ApplyError, ChangeLedgerError, WorkspaceError
+from changeledger.domain.models import ChangeEntry, ChangeOperation, sha256_hex
+from changeledger.workspace.confine import Workspace
+from changeledger.workspace.staged import DEFAULT_MODE
+
+JOURNAL_DIR = "journal"
+LOCK_FILE = "apply.lock"
+
+#: Test seam: SIGKILL this process at the N-th filesystem step of an apply.
+CRASH_ENV = "CHANGELEDGER_TEST_CRASH_AT_STEP"
+
+
+@dataclass(frozen=True)
+class NetChange:
+    """What apply does to one path: from ``before_hash`` (None: absent) to ``after_hash``."""
+
+    path: str
+    before_hash: str | None
+    after_hash: str | None
+    mode: int | None
+
+    @property
+    def operation(self) -> str:
+        if self.before_hash is None:
+            return "create"
+        return "delete" if self.after_hash is None else "modify"
+
+
+@dataclass(frozen=True)
+class Conflict:
+    """A path whose workspace content is no longer the one the plan was staged against."""
+
+    path: str
+    expected: str | None
+    actual: str | None
+    reason: str
+
+    def describe(self) -> str:
+        def short(digest: str | None) -> str:
+            return "absent" if digest is None else digest[:12]
+
+        return (
+            f"{self.path} ({self.reason}: expected {short(self.expected)}, "
+            f"found {short(self.actual)})"
+        )
+
+
+def net_changes(entries: Iterable[ChangeEntry]) -> list[NetChange]:
+    """Per path, the first recorded before and the last recorded after; no-ops dropped."""
+    first: dict[str, str | None] = {}
+    last: dict[str, tuple[str | None, int | None]] = {}
+
+    def touch(path: str, before: str | None, after: str | None, mode: int | None) -> None:
+        first.setdefault(path, before)
+        last[path] = (after, mode)
+
+    for entry in entries:
+        if entry.operation is ChangeOperation.RENAME and entry.old_path is not None:
+            touch(entry.old_path, entry.before_hash, None, entry.mode)
+            touch(entry.path, None, entry.after_hash, entry.mode)
+        else:
+            touch(entry.path, entry.before_hash, entry.after_hash, entry.mode)
+    return [
+        NetChange(path=path, before_hash=first[path], after_hash=last[path][0], mode=last[path][1])
+        for path in sorted(first)
+        if first[path] != last[path][0]
+    ]
+
+
+def check_preconditions(workspace: Workspace, changes: Sequence[NetChange]) -> list[Conflict]:
+    """Every path whose current content differs from the plan's staged base."""
+    conflicts = []
+    deleted = {c.path for c in changes if c.after_hash is None}
+    for change in changes:
+        try:
+            target = workspace.locate(change.path)
+            if target.is_symlink():
+                raise WorkspaceError(f"{change.path!r} is now a symlink")
+            state = workspace.read(change.path)
+        except WorkspaceError as exc:
+            conflicts.append(Conflict(change.path, change.before_hash, None, exc.message))
+            continue
+        actual = None if state is None else sha256_hex(state.content)
+        if actual != change.before_hash:
+            reason = (
+                "changed"
+                if actual and change.before_hash
+                else ("created meanwhile" if actual else "deleted meanwhile")
+            )
+            conflicts.append(Conflict(change.path, change.before_hash, actual, reason))
+            continue
+        if change.after_hash is not None and change.before_hash is None:
+            parts = change.path.split("/")
+            for index in range(1, len(parts)):
+                parent = "/".join(parts[:index])
+                spot = workspace.root / parent
+                if (spot.is_file() or spot.is_symlink()) and parent not in deleted:
+                    conflicts.append(
+                        Conflict(change.path, None, None, f"{parent} is a file, not a directory")
+                    )
+                    break
+    return conflicts
+
+
+@contextlib.contextmanager
+def workspace_lock(workspace: Workspace, *, blocking: bool = True) -> Iterator[bool]:
+    """Hold the workspace's apply lock; yields False (non-blocking) when another has it."""
+    directory = ledger_dir(workspace)
+    fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, stat.S_IRUSR | stat.S_IWUSR)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def ledger_dir(workspace: Workspace) -> Path:
+    directory = workspace.root / LEDGER_DIR
+    directory.mkdir(mode=stat.S_IRWXU, exist_ok=True)
+    return directory
+
+
+def journal_path(workspace: Workspace, plan_id: str) -> Path:
+    return workspace.root / LEDGER_DIR / JOURNAL_DIR / plan_id
+
+
+def pending_journals(workspace: Workspace) -> list[str]:
+    """Plan ids with an apply journal left in this workspace."""
+    base = workspace.root / LEDGER_DIR / JOURNAL_DIR
+    if not base.is_dir():
+        return []
+    return sorted(p.name for p in base.iterdir() if (p / "journal.json").is_file())
+
+
+@dataclass
+class _Step:
+    path: str
+    before: str | None
+    after: str | None
+    mode: int | None
+    backup: str | None
+    tmp: str | None
+
+
+class Applier:
+    """Applies net changes for one plan to one workspace; see the module docstring."""
+
+    def __init__(self, workspace: Workspace, plan_id: str, *, keep_artifacts: bool = False) -> None:
+        self.workspace = workspace
+        self.plan_id = plan_id
+        self.keep_artifacts = keep_artifacts
+        self.journal = journal_path(workspace, plan_id)
+        self.fsync_seconds = 0.0
+        self._crash_at = int(os.environ.get(CRASH_ENV, "0") or 0)
+        self._step_count = 0
+
+    def apply(self, changes: Sequence[NetChange], contents: dict[str, bytes]) -> None:
+        """Write ``changes`` (new contents by hash in ``contents``) or roll back and raise."""
+        steps = [
+            _Step(
+                path=c.path,
+                before=c.before_hash,
+                after=c.after_hash,
+                mode=c.mode,
+                backup=None if c.before_hash is None else f"originals/{index}",
+                tmp=None
+                if c.after_hash is None
+                else f".{Path(c.path).name}.changeledger-{index}.tmp",
+            )
+            for index, c in enumerate(changes)
+        ]
+        created_dirs = self._missing_dirs(steps)
+        try:
+            self._write_journal(steps, created_dirs)
+            self._backup(steps)
+            self._stage(steps, contents, created_dirs)
+            self._commit(steps)
+        except Exception as exc:
+            try:
+                rollback(self.workspace, self.plan_id)
+            except Exception as undo_exc:
+                raise ApplyError(
+                    f"apply failed ({exc}) and rolling back failed too ({undo_exc}); the "
+                    f"journal in {self.journal} is kept: run 'changeledger plan apply' "
+                    "again to finish the rollback"
+                ) from exc
+            if isinstance(exc, ChangeLedgerError):
+                raise ApplyError(f"apply failed and was rolled back: {exc.message}") from exc
+            raise ApplyError(f"apply failed and was rolled back: {exc}") from exc
+
+    def finish(self) -> None:
+        """Forget the journal once the ledger has recorded the apply as done."""
+        shutil.rmtree(self.journal, ignore_errors=True)
+        _fsync_dir(self.journal.parent)
+
+    # -- phases ----------------------------------------------------------------------------
+
+    def _write_journal(self, steps: list[_Step], created_dirs: list[str]) -> None:
+        if self.journal.exists():
+            raise ApplyError(
+                f"an earlier apply of plan {self.plan_id} left a journal; it must be rolled "
+                "back first"
+            )
+        (self.journal / "originals").mkdir(parents=True, mode=stat.S_IRWXU)
+        record = {
+            "plan_id": self.plan_id,
+            "root": str(self.workspace.root),
+            "steps": [asdict(s) for s in steps],
+            "created_dirs": created_dirs,
+            "keep_artifacts": self.keep_artifacts,
+        }
+        _atomic_write(self.journal / "journal.json", json.dumps(record).encode(), 0o600)
+        self._sync(self.journal.parent)
+        self._sync(self.journal.parent.parent)
+
+    def _backup(self, steps: list[_Step]) -> None:
+        for step in steps:
+            if step.backup is None:
+                continue
+            self._crash_point()
+            target = self.workspace.root / step.path
+            backup = self.journal / step.backup
+            try:
+                os.link(target, backup)
+            except OSError as exc:
+                if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
+                    raise
+                shutil.copy2(target, backup)
+                _fsync_file(backup)
+        self._sync(self.journal / "originals")
+
+    def _stage(self, steps: list[_Step], contents: dict[str, bytes], dirs: list[str]) -> None:
+        for directory in dirs:
+            self._crash_point()
+            (self.workspace.root / directory).mkdir(mode=0o755)
+        for step in steps:
+            if step.after is None or step.tmp is None:
+                continue
+            self._crash_point()
+            target = self.workspace.root / step.path
+            tmp = target.parent / step.tmp
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                _write_all(fd, contents[step.after])
+                os.fchmod(fd, step.mode if step.mode is not None else DEFAULT_MODE)
+                self._fsync_fd(fd)
+            finally:
+                os.close(fd)
+
+    def _commit(self, steps: list[_Step]) -> None:
+        touched: set[Path] = set()
+        for step in steps:
+            self._crash_point()
+            target = self.workspace.root / step.path
+            if step.after is None:
+                target.unlink()
+            elif step.tmp is not None:
+                os.replace(target.parent / step.tmp, target)
+            touched.add(target.parent)
+        for directory in sorted(touched):
+            self._sync(directory)
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _missing_dirs(self, steps: list[_Step]) -> list[str]:
+        missing: list[str] = []
+        for step in steps:
+            if step.after is None:
+                continue
+            parts = step.path.split("/")[:-1]
+            for index in range(1, len(parts) + 1):
+                rel = "/".join(parts[:index])
+                if rel not in missing and not (self.workspace.root / rel).is_dir():
+                    missing.append(rel)
+        return missing
+
+    def _crash_point(self) -> None:
+        self._step_count += 1
+        if self._crash_at and self._step_count == self._crash_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def _sync(self, directory: Path) -> None:
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            self._fsync_fd(fd)
+        finally:
+            os.close(fd)
+
+    def _fsync_fd(self, fd: int) -> None:
+        import time
+
+        started = time.perf_counter()
+        os.fsync(fd)
+        self.fsync_seconds += time.perf_counter() - started
+
+
+def rollback(workspace: Workspace, plan_id: str) -> dict[str, Any] | None:
+    """Undo a (possibly interrupted) apply from its journal; return the journal's record,
+    or ``None`` when there was no journal."""
+    journal = journal_path(workspace, plan_id)
+    record_file = journal / "journal.json"
+    if not record_file.is_file():
+        shutil.rmtree(journal, ignore_errors=True)
+        return None
+    record: dict[str, Any] = json.loads(record_file.read_bytes())
+    touched: set[Path] = set()
+    for raw in reversed(record["steps"]):
+        step = _Step(**raw)
+        target = workspace.root / step.path
+        if step.tmp is not None:
+            with contextlib.suppress(FileNotFoundError):
+                (target.parent / step.tmp).unlink()
+        backup = journal / step.backup if step.backup else None
+        if backup is not None and backup.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(backup, target)
+        elif (
+            step.before is None
+            and step.after is not None
+            and target.is_file()
+            and not target.is_symlink()
+            and sha256_hex(target.read_bytes()) == step.after
+        ):
+            target.unlink()
+        touched.add(target.parent)
+    for directory in reversed(record["created_dirs"]):
+        with contextlib.suppress(OSError):
+            (workspace.root / directory).rmdir()
+            touched.add((workspace.root / directory).parent)
+    for directory in sorted(touched):
+        if directory.is_dir():
+            _fsync_dir(directory)
+    shutil.rmtree(journal)
+    _fsync_dir(journal.parent)
+    return record
+
+
+def _atomic_write(path: Path, data: bytes, mode: int) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        _write_all(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(directory: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        _fsync_file(directory)
+
+
+def loader_for(read_blob: Callable[[str], bytes]) -> Callable[[Iterable[str]], dict[str, bytes]]:
+    def load(digests: Iterable[str]) -> dict[str, bytes]:
+        return {digest: read_blob(digest) for digest in set(digests)}
+
+    return load

@@ -1,0 +1,124 @@
+"""The workspace on disk, with every path confined to its root.
+
+Paths come in as the user or a tool wrote them and leave as normalised workspace-relative
+POSIX paths (``domain.paths.normalize_path``) plus their location on disk. On top of the
+textual rules, the filesystem is checked: a path whose existing parent directories lead
+through a symlink out of the root is refused, and the ledger never writes through a
+symlink. Reads and listings skip ``.git/`` and ``.changeledger/``.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from changeledger.domain.errors import ValidationError, WorkspaceError
+from changeledger.domain.paths import RESERVED_DIRS, normalize_path
+
+#: Largest file the ledger stages or applies, in bytes (documented in docs/cli.md).
+MAX_FILE_BYTES = 256 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class FileState:
+    """A file as it is on disk: content and permission bits."""
+
+    content: bytes
+    mode: int
+
+
+class Workspace:
+    """A directory tree the ledger reads (and, on apply, writes) inside ``root`` only."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        path = Path(root)
+        if not str(root).strip():
+            raise ValidationError("workspace must not be empty", field="workspace")
+        if not path.is_dir():
+            raise ValidationError(f"workspace {path} is not a directory", field="workspace")
+        self.root = path.resolve()
+
+    def __repr__(self) -> str:
+        return f"Workspace({str(self.root)!r})"
+
+    def relative(self, path: object, name: str = "path") -> str:
+        """``path`` as a normalised workspace-relative path, or ``WorkspaceError``."""
+        rel = normalize_path(path, name)
+        self.locate(rel, name)
+        return rel
+
+    def locate(self, rel: str, name: str = "path") -> Path:
+        """The on-disk location of normalised ``rel``, refusing symlink escapes."""
+        target = self.root / rel
+        # Every existing ancestor must resolve inside the root.
+        current = self.root
+        parts = rel.split("/")
+        for index, part in enumerate(parts):
+            current = current / part
+            if not current.is_symlink():
+                if not current.exists():
+                    break
+                continue
+            resolved = current.resolve()
+            if not _inside(resolved, self.root):
+                raise WorkspaceError(
+                    f"{name} {rel!r} leads through the symlink {'/'.join(parts[: index + 1])} "
+                    "to outside the workspace",
+                    field=name,
+                )
+            inner = resolved.relative_to(self.root).as_posix()
+            if inner.split("/", 1)[0] in RESERVED_DIRS:
+                raise WorkspaceError(
+                    f"{name} {rel!r} leads through a symlink into {inner.split('/', 1)[0]}/",
+                    field=name,
+                )
+        return target
+
+    def read(self, rel: str) -> FileState | None:
+        """The file at ``rel``, or ``None`` when nothing is there."""
+        target = self.locate(rel)
+        try:
+            info = target.stat()
+        except FileNotFoundError:
+            return None
+        except NotADirectoryError:
+            return None
+        if stat.S_ISDIR(info.st_mode):
+            raise WorkspaceError(f"{rel!r} is a directory, not a file", field="path")
+        if not stat.S_ISREG(info.st_mode):
+            raise WorkspaceError(f"{rel!r} is not a regular file", field="path")
+        if info.st_size > MAX_FILE_BYTES:
+            raise WorkspaceError(
+                f"{rel!r} is {info.st_size} bytes, above the {MAX_FILE_BYTES}-byte limit",
+                field="path",
+            )
+        try:
+            content = target.read_bytes()
+        except PermissionError as exc:
+            raise WorkspaceError(
+                f"{rel!r} cannot be read: permission denied", field="path"
+            ) from exc
+        return FileState(content=content, mode=stat.S_IMODE(info.st_mode))
+
+    def is_dir(self, rel: str) -> bool:
+        return self.locate(rel).is_dir()
+
+    def files(self) -> Iterator[str]:
+        """Every regular file under the root, sorted, as relative paths; symlinks skipped."""
+        for directory, dirnames, filenames in os.walk(self.root):
+            base = Path(directory)
+            if base == self.root:
+                dirnames[:] = [d for d in dirnames if d not in RESERVED_DIRS]
+            dirnames.sort()
+            for filename in sorted(filenames):
+                full = base / filename
+                if full.is_symlink() or not full.is_file():
+                    continue
+                yield full.relative_to(self.root).as_posix()
+
+
+def _inside(path: Path, root: Path) -> bool:
+    return path == root or root in path.parents

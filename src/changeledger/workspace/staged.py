@@ -1,0 +1,217 @@
+"""The staged view: the workspace as a plan's tools see it.
+
+Reads return the workspace as it was plus every change the plan has recorded so far; writes
+return a ``FileChange`` and update only the overlay, never the disk. A tool call's writes
+can be undone as a group when the tool fails, so a failed call stages nothing.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from changeledger.domain.errors import ValidationError, WorkspaceError
+from changeledger.domain.models import ChangeEntry, ChangeOperation, FileChange
+from changeledger.workspace.confine import MAX_FILE_BYTES, FileState, Workspace
+
+#: Default permission bits for files a plan creates.
+DEFAULT_MODE = 0o644
+
+
+@dataclass
+class _Staged:
+    """A staged file: its content is fetched from the ledger on first read."""
+
+    digest: str | None
+    mode: int
+    content: bytes | None = None
+
+
+#: Overlay value for a path the plan deleted.
+_DELETED = None
+_MISSING = object()
+
+
+class StagedView:
+    """Workspace plus overlay. ``overlay[path]`` is a staged file or ``None`` (deleted)."""
+
+    def __init__(
+        self, workspace: Workspace, read_blob: Callable[[str], bytes] | None = None
+    ) -> None:
+        self.workspace = workspace
+        self._read_blob = read_blob
+        self._overlay: dict[str, _Staged | None] = {}
+        self._undo: list[tuple[str, object]] = []
+
+    @classmethod
+    def from_entries(
+        cls,
+        workspace: Workspace,
+        entries: Iterable[ChangeEntry],
+        read_blob: Callable[[str], bytes],
+    ) -> StagedView:
+        """The view after replaying recorded ``entries`` (in ``seq`` order) over the disk."""
+        view = cls(workspace, read_blob)
+        for entry in entries:
+            if entry.operation is ChangeOperation.RENAME and entry.old_path is not None:
+                view._overlay[entry.old_path] = _DELETED
+            if entry.after_hash is None:
+                view._overlay[entry.path] = _DELETED
+            else:
+                view._overlay[entry.path] = _Staged(
+                    digest=entry.after_hash, mode=entry.mode or DEFAULT_MODE
+                )
+        return view
+
+    # -- reading -------------------------------------------------------------------------
+
+    def state(self, path: str) -> FileState | None:
+        """Content and mode of ``path`` in the staged view, ``None`` when absent."""
+        rel = self.workspace.relative(path)
+        staged = self._overlay.get(rel, _MISSING)
+        if staged is _MISSING:
+            return self.workspace.read(rel)
+        if staged is None or not isinstance(staged, _Staged):
+            return None
+        if staged.content is None:
+            if staged.digest is None or self._read_blob is None:
+                raise WorkspaceError(f"staged content of {rel!r} is not available", "path")
+            staged.content = self._read_blob(staged.digest)
+        return FileState(content=staged.content, mode=staged.mode)
+
+    def read(self, path: str) -> bytes:
+        state = self.state(path)
+        if state is None:
+            raise ValidationError(f"{path!r} does not exist", field="path")
+        return state.content
+
+    def exists(self, path: str) -> bool:
+        return self.state(path) is not None
+
+    def files(self, pattern: str | None = None) -> list[str]:
+        """Every file in the staged view, sorted, optionally matching a glob."""
+        names = {p for p in self.workspace.files() if p not in self._overlay}
+        names.update(p for p, staged in self._overlay.items() if staged is not None)
+        found = sorted(names)
+        if pattern:
+            found = [p for p in found if fnmatch.fnmatchcase(p, pattern)]
+        return found
+
+    def touched(self) -> dict[str, bool]:
+        """Paths the overlay changes: ``True`` if staged present, ``False`` if deleted."""
+        return {path: staged is not None for path, staged in self._overlay.items()}
+
+    # -- staging ---------------------------------------------------------------------------
+
+    def write(self, path: str, content: bytes, mode: int | None = None) -> FileChange:
+        """Stage ``content`` at ``path`` (a create or a modify)."""
+        rel = self.workspace.relative(path)
+        if not isinstance(content, bytes):
+            raise ValidationError("content must be bytes", field="content")
+        if len(content) > MAX_FILE_BYTES:
+            raise ValidationError(
+                f"content for {rel!r} is above the {MAX_FILE_BYTES}-byte limit", "content"
+            )
+        self._refuse_symlink(rel)
+        current = self.state(rel)
+        if current is None:
+            self._check_parents(rel)
+            if self._is_dir(rel):
+                raise WorkspaceError(f"{rel!r} is a directory, not a file", field="path")
+        new_mode = mode if mode is not None else (current.mode if current else DEFAULT_MODE)
+        self._set(rel, _Staged(digest=None, mode=new_mode, content=content))
+        if current is None:
+            return FileChange(rel, ChangeOperation.CREATE, after=content, mode=new_mode)
+        return FileChange(
+            rel, ChangeOperation.MODIFY, before=current.content, after=content, mode=new_mode
+        )
+
+    def delete(self, path: str) -> FileChange:
+        rel = self.workspace.relative(path)
+        self._refuse_symlink(rel)
+        current = self.state(rel)
+        if current is None:
+            if self._is_dir(rel):
+                raise WorkspaceError(f"{rel!r} is a directory, not a file", field="path")
+            raise ValidationError(f"cannot delete {rel!r}: it does not exist", field="path")
+        self._set(rel, _DELETED)
+        return FileChange(rel, ChangeOperation.DELETE, before=current.content, mode=current.mode)
+
+    def move(self, src: str, dst: str) -> FileChange:
+        old = self.workspace.relative(src, "src")
+        new = self.workspace.relative(dst, "dst")
+        if old == new:
+            raise ValidationError("src and dst are the same path", field="dst")
+        self._refuse_symlink(old)
+        self._refuse_symlink(new)
+        current = self.state(old)
+        if current is None:
+            raise ValidationError(f"cannot move {old!r}: it does not exist", field="src")
+        if self.state(new) is not None:
+            raise ValidationError(f"cannot move to {new!r}: it already exists", field="dst")
+        self._check_parents(new)
+        if self._is_dir(new):
+            raise WorkspaceError(f"{new!r} is a directory, not a file", field="dst")
+        self._set(old, _DELETED)
+        self._set(new, _Staged(digest=None, mode=current.mode, content=current.content))
+        return FileChange(
+            new,
+            ChangeOperation.RENAME,
+            old_path=old,
+            before=current.content,
+            after=current.content,
+            mode=current.mode,
+        )
+
+    # -- grouping a tool call's writes -----------------------------------------------------
+
+    def mark(self) -> int:
+        """A point to ``undo_to`` if the tool call that follows fails."""
+        return len(self._undo)
+
+    def undo_to(self, mark: int) -> None:
+        while len(self._undo) > mark:
+            path, previous = self._undo.pop()
+            if previous is _MISSING:
+                self._overlay.pop(path, None)
+            else:
+                self._overlay[path] = previous if isinstance(previous, _Staged) else None
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _set(self, rel: str, value: _Staged | None) -> None:
+        self._undo.append((rel, self._overlay.get(rel, _MISSING)))
+        self._overlay[rel] = value
+
+    def _refuse_symlink(self, rel: str) -> None:
+        if self.workspace.locate(rel).is_symlink() and rel not in self._overlay:
+            raise WorkspaceError(
+                f"{rel!r} is a symlink; changeledger does not write through symlinks",
+                field="path",
+            )
+
+    def _check_parents(self, rel: str) -> None:
+        parts = rel.split("/")
+        for index in range(1, len(parts)):
+            parent = "/".join(parts[:index])
+            if self.state(parent) is not None:
+                raise WorkspaceError(
+                    f"cannot create {rel!r}: {parent!r} is a file, not a directory",
+                    field="path",
+                )
+
+    def _is_dir(self, rel: str) -> bool:
+        prefix = rel + "/"
+        if any(p.startswith(prefix) and s is not None for p, s in self._overlay.items()):
+            return True
+        if not self.workspace.is_dir(rel):
+            return False
+        # A directory on disk whose files the plan deleted is no longer one in the view.
+        base = self.workspace.locate(rel)
+        for child in base.rglob("*"):
+            if child.is_file() or child.is_symlink():
+                name = child.relative_to(self.workspace.root).as_posix()
+                if self._overlay.get(name, _MISSING) is not _DELETED:
+                    return True
+        return False
