@@ -19,6 +19,8 @@ Messages name the thing that is wrong and say what to do next.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class ChangeLedgerError(Exception):
     """Root of every error changeledger raises on purpose."""
@@ -28,6 +30,8 @@ class ChangeLedgerError(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+        #: Structured detail for machine-readable output (e.g. the conflicting paths).
+        self.details: dict[str, Any] = {}
 
     def __str__(self) -> str:
         return self.message

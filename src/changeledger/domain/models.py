@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import TypeAlias
 
 from changeledger.domain.errors import StateTransitionError, ValidationError
+from changeledger.domain.ids import check_id
 from changeledger.domain.paths import normalize_path
 from changeledger.domain.validation import check_text
 
@@ -39,6 +40,11 @@ def utcnow() -> datetime:
 def sha256_hex(data: bytes) -> str:
     """SHA-256 of ``data`` as 64 lower-case hex digits: the ledger's content address."""
     return hashlib.sha256(data).hexdigest()
+
+
+def is_permission_mode(value: object) -> bool:
+    """True for an int (not a bool) between 0 and 0o7777."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 0o7777
 
 
 def looks_binary(data: bytes) -> bool:
@@ -159,41 +165,50 @@ class FileChange:
             ) from exc
         path = normalize_path(self.path, "path")
         old_path = None if self.old_path is None else normalize_path(self.old_path, "old_path")
-        for name, value in (("before", self.before), ("after", self.after)):
+        self._check_contents(op)
+        _check_old_path(op, path, old_path)
+        if self.tool_name is not None:
+            check_text(self.tool_name, "tool_name")
+            if len(self.tool_name) > MAX_TOOL_NAME:
+                raise ValidationError(
+                    f"tool_name is longer than {MAX_TOOL_NAME} characters", field="tool_name"
+                )
+        invocation_id = None
+        if self.tool_invocation_id is not None:
+            invocation_id = check_id(self.tool_invocation_id, "tool_invocation_id")
+        if self.mode is not None and not is_permission_mode(self.mode):
+            raise ValidationError(f"mode {self.mode!r} is not a permission mode", field="mode")
+        return replace(
+            self, operation=op, path=path, old_path=old_path, tool_invocation_id=invocation_id
+        )
+
+    def _check_contents(self, op: ChangeOperation) -> None:
+        """Which sides must hold content: create has no before, delete no after."""
+        needs_before = op is not ChangeOperation.CREATE
+        needs_after = op is not ChangeOperation.DELETE
+        for name, value, required in (
+            ("before", self.before, needs_before),
+            ("after", self.after, needs_after),
+        ):
             if value is not None and not isinstance(value, bytes):
                 raise ValidationError(
                     f"{name} content must be bytes, not {type(value).__name__}", field=name
                 )
-        needs = {
-            ChangeOperation.CREATE: (False, True),
-            ChangeOperation.MODIFY: (True, True),
-            ChangeOperation.DELETE: (True, False),
-            ChangeOperation.RENAME: (True, True),
-        }[op]
-        for name, value, required in (
-            ("before", self.before, needs[0]),
-            ("after", self.after, needs[1]),
-        ):
             if required and value is None:
                 raise ValidationError(f"a {op.value} change needs {name} content", field=name)
             if not required and value is not None:
                 raise ValidationError(f"a {op.value} change has no {name} content", field=name)
-        if op is ChangeOperation.RENAME:
-            if old_path is None:
-                raise ValidationError("a rename needs old_path", field="old_path")
-            if old_path == path:
-                raise ValidationError(
-                    "a rename needs old_path different from path", field="old_path"
-                )
-        elif old_path is not None:
+
+
+def _check_old_path(op: ChangeOperation, path: str, old_path: str | None) -> None:
+    if op is not ChangeOperation.RENAME:
+        if old_path is not None:
             raise ValidationError(f"a {op.value} change takes no old_path", field="old_path")
-        if self.tool_name is not None and not 0 < len(self.tool_name) <= MAX_TOOL_NAME:
-            raise ValidationError(
-                f"tool_name must have 1 to {MAX_TOOL_NAME} characters", field="tool_name"
-            )
-        if self.mode is not None and not 0 <= self.mode <= 0o7777:
-            raise ValidationError(f"mode {self.mode!r} is not a permission mode", field="mode")
-        return replace(self, operation=op, path=path, old_path=old_path)
+        return
+    if old_path is None:
+        raise ValidationError("a rename needs old_path", field="old_path")
+    if old_path == path:
+        raise ValidationError("a rename needs old_path different from path", field="old_path")
 
 
 @dataclass(frozen=True)

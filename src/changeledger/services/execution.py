@@ -39,7 +39,13 @@ from changeledger.domain.validation import check_text, json_roundtrip
 from changeledger.logs import get_logger
 from changeledger.workspace.confine import Workspace
 from changeledger.workspace.staged import StagedView
-from changeledger.workspace.tools import BUILTINS, ToolContext, ToolRegistry, recorded_result
+from changeledger.workspace.tools import (
+    BUILTINS,
+    ToolContext,
+    ToolFailure,
+    ToolRegistry,
+    recorded_result,
+)
 
 log = get_logger("changeledger.execution")
 
@@ -103,6 +109,7 @@ class PlanRun:
                     status=InvocationStatus.ERROR,
                     error_type=type(exc).__name__,
                     error_message=message,
+                    result=recorded_result(exc.result) if isinstance(exc, ToolFailure) else None,
                     started_at=started,
                     provider_metadata=dict(provider_metadata or {}),
                 ),

@@ -6,13 +6,13 @@ import zlib
 from collections.abc import Iterable
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, delete, exists, or_, select
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Connection, CursorResult, delete, exists, or_, select
 from sqlalchemy.orm import Session
 
 from changeledger.domain.errors import MissingArtifactError, StorageError
 from changeledger.domain.models import sha256_hex, utcnow
 from changeledger.storage.models import BlobModel, ChangeSetEntryModel
+from changeledger.storage.tables import EXISTING_BLOBS, FAST_INSERT_BLOB, INSERT_BLOB
 
 #: Content shorter than this is stored as it is: compression would not pay for its header.
 MIN_COMPRESS_BYTES = 64
@@ -32,44 +32,38 @@ def _encode(content: bytes) -> tuple[str, bytes]:
     return "none", content
 
 
-def put_blobs(session: Session, contents: Iterable[bytes]) -> list[str]:
-    """Store each content once (idempotent); return their digests in the given order."""
-    by_digest: dict[str, bytes] = {}
-    digests = []
-    for content in contents:
-        digest = sha256_hex(content)
-        by_digest.setdefault(digest, content)
-        digests.append(digest)
+#: Above this many bytes in one call, ask which blobs exist before compressing them all.
+PROBE_BYTES = 64 * 1024
+
+
+def put_blobs(conn: Connection, contents: Iterable[tuple[str, bytes]]) -> None:
+    """Store each ``(digest, content)`` once; content already stored is left as it is."""
+    by_digest = dict(contents)
     if not by_digest:
-        return digests
-    present = set(
-        session.scalars(select(BlobModel.hash).where(BlobModel.hash.in_(list(by_digest))))
-    )
-    missing = [d for d in by_digest if d not in present]
-    if missing:
-        now = utcnow()
-        rows = []
-        for digest in missing:
-            content = by_digest[digest]
-            compression, data = _encode(content)
-            rows.append(
-                {
-                    "hash": digest,
-                    "size": len(content),
-                    "compression": compression,
-                    "data": data,
-                    "created_at": now,
-                }
-            )
-        # Another writer may store the same content between our check and insert.
-        dialect = session.get_bind().dialect.name
-        if dialect == "postgresql":
-            pg_stmt = postgresql.insert(BlobModel).on_conflict_do_nothing(index_elements=["hash"])
-            session.execute(pg_stmt, rows)
-        else:
-            lite_stmt = sqlite.insert(BlobModel).on_conflict_do_nothing(index_elements=["hash"])
-            session.execute(lite_stmt, rows)
-    return digests
+        return
+    if sum(len(c) for c in by_digest.values()) > PROBE_BYTES:
+        present = set(conn.scalars(EXISTING_BLOBS, {"hashes": list(by_digest)}))
+        by_digest = {d: c for d, c in by_digest.items() if d not in present}
+        if not by_digest:
+            return
+    now = utcnow()
+    rows = []
+    for digest, content in by_digest.items():
+        compression, data = _encode(content)
+        rows.append(
+            {
+                "hash": digest,
+                "size": len(content),
+                "compression": compression,
+                "data": data,
+                "created_at": now,
+            }
+        )
+    # ON CONFLICT DO NOTHING: another writer may store the same content at the same time.
+    if conn.dialect.name == "sqlite":
+        FAST_INSERT_BLOB.executemany(conn, rows)
+    else:
+        conn.execute(INSERT_BLOB[conn.dialect.name], rows)
 
 
 def get_blob(session: Session, digest: str) -> bytes:

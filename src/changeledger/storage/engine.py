@@ -6,13 +6,14 @@ No engine is built at import time: callers ask ``create_ledger_engine`` for one.
 from __future__ import annotations
 
 import os
+import sqlite3
 import stat
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from changeledger.constants import ENV_DB, LEDGER_DIR, LEDGER_FILE
@@ -147,9 +148,12 @@ def _sqlite_engine(url: URL, *, echo: bool) -> Engine:
     def _begin(connection: Any) -> None:
         # Writers take the lock up front so that a read-then-write transaction never
         # fails to upgrade its lock; busy_timeout then queues writers fairly.
-        if connection.get_execution_options().get(WRITE_OPTION):
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
-        else:
-            connection.exec_driver_sql("BEGIN")
+        statement = (
+            "BEGIN IMMEDIATE" if connection.get_execution_options().get(WRITE_OPTION) else "BEGIN"
+        )
+        try:
+            connection.connection.driver_connection.execute(statement)
+        except sqlite3.Error as exc:
+            raise DBAPIError.instance(statement, (), exc, sqlite3.Error) from exc
 
     return engine

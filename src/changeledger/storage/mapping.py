@@ -6,6 +6,8 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from sqlalchemy import Row
+
 from changeledger.domain.models import (
     ChangeEntry,
     ChangeOperation,
@@ -67,7 +69,8 @@ def entry_values(entry: ChangeEntry) -> dict[str, Any]:
     }
 
 
-def entry_from_row(row: ChangeSetEntryModel) -> ChangeEntry:
+def entry_from_row(row: ChangeSetEntryModel | Row[Any]) -> ChangeEntry:
+    """From an ORM object or a Core row of ``changeset_entries``."""
     return ChangeEntry(
         id=row.id,
         changeset_id=row.changeset_id,
@@ -110,7 +113,8 @@ def invocation_values(invocation: ToolInvocation) -> dict[str, Any]:
     }
 
 
-def invocation_from_row(row: ToolInvocationModel) -> ToolInvocation:
+def invocation_from_row(row: ToolInvocationModel | Row[Any]) -> ToolInvocation:
+    """From an ORM object or a Core row of ``tool_invocations``."""
     return ToolInvocation(
         id=row.id,
         plan_id=row.plan_id,

@@ -30,6 +30,7 @@ from changeledger.domain.models import (
     PlanError,
     PlanState,
     ToolInvocation,
+    sha256_hex,
     utcnow,
 )
 from changeledger.domain.validation import check_digest, check_positive_int, check_text, to_json
@@ -50,6 +51,7 @@ from changeledger.storage.models import (
 )
 from changeledger.storage.retry import database_retry
 from changeledger.storage.session import SessionFactory, UnitOfWork
+from changeledger.storage.tables import ENTRIES, INVOCATIONS, SELECT_ENTRIES, SELECT_INVOCATIONS
 
 
 def _greatest(column: Any, value: int) -> Any:
@@ -173,24 +175,19 @@ class ChangeSetEntryRepository:
     @database_retry("read change entries")
     def get_entries_for_changeset(self, changeset_id: str) -> list[ChangeEntry]:
         key = check_id(changeset_id, "changeset_id")
-        stmt = (
-            select(ChangeSetEntryModel)
-            .where(ChangeSetEntryModel.changeset_id == key)
-            .order_by(ChangeSetEntryModel.seq)
-        )
-        with self._uow.read() as session:
-            return [entry_from_row(row) for row in session.scalars(stmt)]
+        with self._uow.connect(write=False) as conn:
+            return [entry_from_row(row) for row in conn.execute(SELECT_ENTRIES, {"cs_id": key})]
 
     @database_retry("read change entries")
     def get_entries_for_plan(self, plan_id: str) -> list[ChangeEntry]:
         key = check_id(plan_id, "plan_id")
         stmt = (
-            select(ChangeSetEntryModel)
-            .where(ChangeSetEntryModel.plan_id == key)
-            .order_by(ChangeSetEntryModel.changeset_id, ChangeSetEntryModel.seq)
+            select(ENTRIES)
+            .where(ENTRIES.c.plan_id == key)
+            .order_by(ENTRIES.c.changeset_id, ENTRIES.c.seq)
         )
-        with self._uow.read() as session:
-            return [entry_from_row(row) for row in session.scalars(stmt)]
+        with self._uow.connect(write=False) as conn:
+            return [entry_from_row(row) for row in conn.execute(stmt)]
 
     @database_retry("delete change entries")
     def delete_for_changeset(self, changeset_id: str) -> int:
@@ -223,7 +220,9 @@ class ChangeSetEntryRepository:
         """Insert entries in the caller's transaction, storing ``contents`` as blobs first."""
         if not entries:
             return
-        stored = set(blobs.put_blobs(session, contents))
+        pairs = [(sha256_hex(c), c) for c in contents]
+        blobs.put_blobs(session.connection(), pairs)
+        stored = {digest for digest, _ in pairs}
         needed = {d for e in entries for d in (e.before_hash, e.after_hash) if d is not None}
         absent = needed - stored - blobs.blob_exists(session, needed - stored)
         if absent:
@@ -267,23 +266,19 @@ class ToolInvocationRepository:
     def get_invocations_for_plan(self, plan_id: str) -> list[ToolInvocation]:
         key = check_id(plan_id, "plan_id")
         stmt = (
-            select(ToolInvocationModel)
-            .where(ToolInvocationModel.plan_id == key)
-            .order_by(ToolInvocationModel.changeset_id, ToolInvocationModel.seq)
+            select(INVOCATIONS)
+            .where(INVOCATIONS.c.plan_id == key)
+            .order_by(INVOCATIONS.c.changeset_id, INVOCATIONS.c.seq)
         )
-        with self._uow.read() as session:
-            return [invocation_from_row(row) for row in session.scalars(stmt)]
+        with self._uow.connect(write=False) as conn:
+            return [invocation_from_row(row) for row in conn.execute(stmt)]
 
     @database_retry("read tool invocations")
     def get_invocations_for_changeset(self, changeset_id: str) -> list[ToolInvocation]:
         key = check_id(changeset_id, "changeset_id")
-        stmt = (
-            select(ToolInvocationModel)
-            .where(ToolInvocationModel.changeset_id == key)
-            .order_by(ToolInvocationModel.seq)
-        )
-        with self._uow.read() as session:
-            return [invocation_from_row(row) for row in session.scalars(stmt)]
+        with self._uow.connect(write=False) as conn:
+            rows = conn.execute(SELECT_INVOCATIONS, {"cs_id": key})
+            return [invocation_from_row(row) for row in rows]
 
     @database_retry("delete tool invocations")
     def delete_for_plan(self, plan_id: str) -> int:

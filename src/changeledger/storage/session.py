@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from sqlalchemy import Connection, Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from changeledger.domain.errors import ValidationError
@@ -30,6 +31,27 @@ class UnitOfWork:
 
     def __init__(self, session_factory: SessionFactory) -> None:
         self.session_factory = check_session_factory(session_factory)
+
+    @property
+    def engine(self) -> Engine:
+        bind = self.session_factory.kw.get("bind")
+        if not isinstance(bind, Engine):
+            raise ValidationError(
+                "session_factory must be bound to an Engine", field="session_factory"
+            )
+        return bind
+
+    @contextmanager
+    def connect(self, *, write: bool) -> Iterator[Connection]:
+        """A Core connection in a transaction: committed on success, else rolled back.
+
+        A write transaction holds the write lock from its start (SQLite).
+        """
+        with self.engine.connect() as conn:
+            if write:
+                conn.execution_options(**{WRITE_OPTION: True})
+            with conn.begin():
+                yield conn
 
     @contextmanager
     def read(self) -> Iterator[Session]:

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
+from typing import NoReturn
 
-from sqlalchemy import ColumnElement, case, delete, distinct, func, insert, select, update
+from sqlalchemy import ColumnElement, Connection, case, delete, distinct, func, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
 
-from changeledger.domain.errors import NotFoundError, ValidationError
+from changeledger.domain.errors import MissingArtifactError, NotFoundError, ValidationError
 from changeledger.domain.ids import check_id, new_id
 from changeledger.domain.models import (
     ChangeEntry,
@@ -51,6 +51,18 @@ from changeledger.storage.repositories import (
 )
 from changeledger.storage.retry import database_retry
 from changeledger.storage.session import SessionFactory, UnitOfWork
+from changeledger.storage.tables import (
+    FAST_INSERT_ENTRY,
+    FAST_INSERT_INVOCATION,
+    FAST_RESERVE,
+    INSERT_ENTRY,
+    INSERT_INVOCATION,
+    PLANS,
+    RESERVE,
+    SELECT_CHANGESET,
+    SELECT_ENTRIES,
+    SELECT_INVOCATIONS,
+)
 
 
 class SqlChangeSetStore:
@@ -92,9 +104,9 @@ class SqlChangeSetStore:
         valid = _validated_changes(changes)
         if not valid:
             return []
-        with self._uow.write() as session:
-            plan_id, first_seq, _ = self._reserve(session, key, entries=len(valid))
-            return self._insert(session, key, plan_id, first_seq, valid)
+        with self._uow.connect(write=True) as conn:
+            plan_id, first_seq, _ = _reserve(conn, key, entries=len(valid), invocations=0)
+            return _insert_entries(conn, key, plan_id, first_seq, valid)
 
     @database_retry("record a tool invocation")
     def record_invocation(
@@ -112,19 +124,20 @@ class SqlChangeSetStore:
             for c in _validated_changes(changes)
         ]
         finished = call.finished_at or utcnow()
-        with self._uow.write() as session:
-            plan_id, first_seq, inv_seq = self._reserve(
-                session, key, entries=len(valid), invocations=1
-            )
-            entries = self._insert(session, key, plan_id, first_seq, valid)
+        arguments = json_roundtrip(dict(call.arguments), "arguments")
+        result = json_roundtrip(call.result, "result")
+        metadata = json_roundtrip(dict(call.provider_metadata), "provider_metadata")
+        with self._uow.connect(write=True) as conn:
+            plan_id, first_seq, inv_seq = _reserve(conn, key, entries=len(valid), invocations=1)
+            entries = _insert_entries(conn, key, plan_id, first_seq, valid)
             invocation = ToolInvocation(
                 id=call_id,
                 plan_id=plan_id,
                 changeset_id=key,
                 seq=inv_seq,
                 tool_name=call.tool_name,
-                arguments=json_roundtrip(dict(call.arguments), "arguments"),
-                result=json_roundtrip(call.result, "result"),
+                arguments=arguments,
+                result=result,
                 status=InvocationStatus(call.status),
                 error_type=call.error_type,
                 error_message=call.error_message,
@@ -133,10 +146,14 @@ class SqlChangeSetStore:
                 duration_ms=(finished - call.started_at).total_seconds() * 1000.0,
                 change_ids=tuple(e.id for e in entries),
                 resource_refs=tuple(call.resource_refs),
-                provider_metadata=json_roundtrip(dict(call.provider_metadata), "provider_metadata"),
+                provider_metadata=metadata,
             )
+            values = invocation_values(invocation)
             try:
-                session.execute(insert(ToolInvocationModel), [invocation_values(invocation)])
+                if conn.dialect.name == "sqlite":
+                    FAST_INSERT_INVOCATION.executemany(conn, [values])
+                else:
+                    conn.execute(INSERT_INVOCATION, [values])
             except IntegrityError as exc:
                 raise ValidationError(
                     f"tool invocation {call_id} is already recorded", field="id"
@@ -146,20 +163,20 @@ class SqlChangeSetStore:
     @database_retry("read a changeset")
     def get(self, changeset_id: str) -> SpecChangeSet:
         key = check_id(changeset_id, "changeset_id")
-        with self._uow.read() as session:
-            return self._load(session, key)
+        with self._uow.connect(write=False) as conn:
+            return _load(conn, key)
 
     @database_retry("read a plan's changeset")
     def get_for_plan(self, plan_id: str) -> SpecChangeSet | None:
         key = check_id(plan_id, "plan_id")
-        with self._uow.read() as session:
-            found = session.execute(
-                select(PlanModel.current_changeset_id).where(PlanModel.id == key)
+        with self._uow.connect(write=False) as conn:
+            found = conn.execute(
+                select(PLANS.c.current_changeset_id).where(PLANS.c.id == key)
             ).one_or_none()
             if found is None:
                 raise NotFoundError(f"plan {key} not found")
             current = found[0]
-            return None if current is None else self._load(session, current)
+            return None if current is None else _load(conn, current)
 
     @database_retry("summarize a changeset")
     def summarize(self, changeset_id: str) -> ChangeSetSummary:
@@ -248,72 +265,89 @@ class SqlChangeSetStore:
 
     # -- helpers inside one transaction ------------------------------------------------
 
-    def _reserve(
-        self, session: Session, changeset_id: str, *, entries: int, invocations: int = 0
-    ) -> tuple[str, int, int]:
-        """Bump the changeset's counters; return (plan_id, first entry seq, invocation seq)."""
-        c = ChangeSetModel
-        bumped = session.execute(
-            update(c)
-            .where(c.id == changeset_id, c.cleaned_at.is_(None))
-            .values(
-                entry_count=c.entry_count + entries,
-                invocation_count=c.invocation_count + invocations,
-            )
-            .returning(c.plan_id, c.entry_count, c.invocation_count)
-        ).one_or_none()
-        if bumped is None:
-            live_changeset(session, changeset_id)  # raises the right error
-            raise NotFoundError(f"changeset {changeset_id} not found")  # pragma: no cover
-        plan_id, entry_count, invocation_count = bumped
-        return plan_id, entry_count - entries + 1, invocation_count
 
-    @staticmethod
-    def _insert(
-        session: Session,
-        changeset_id: str,
-        plan_id: str,
-        first_seq: int,
-        changes: Sequence[FileChange],
-    ) -> list[ChangeEntry]:
-        now = utcnow()
-        entries = [
-            build_entry(
-                change,
-                entry_id=new_id(),
-                changeset_id=changeset_id,
-                plan_id=plan_id,
-                seq=first_seq + offset,
-                created_at=now,
-            )
-            for offset, change in enumerate(changes)
-        ]
-        contents = [c for change in changes for c in (change.before, change.after) if c is not None]
-        blobs.put_blobs(session, contents)
-        if entries:
-            session.execute(insert(ChangeSetEntryModel), [entry_values(e) for e in entries])
-        return entries
+def _reserve(
+    conn: Connection, changeset_id: str, *, entries: int, invocations: int
+) -> tuple[str, int, int]:
+    """Bump the changeset's counters; return (plan_id, first entry seq, invocation seq).
 
-    @staticmethod
-    def _load(session: Session, changeset_id: str) -> SpecChangeSet:
-        row = live_changeset(session, changeset_id)
-        entries = session.scalars(
-            select(ChangeSetEntryModel)
-            .where(ChangeSetEntryModel.changeset_id == changeset_id)
-            .order_by(ChangeSetEntryModel.seq)
+    The UPDATE comes first in the transaction, so it takes the row lock (PostgreSQL) and
+    the write lock (SQLite) before anything is read.
+    """
+    params = {"cs_id": changeset_id, "n_entries": entries, "n_invocations": invocations}
+    if conn.dialect.name == "sqlite":
+        cursor = FAST_RESERVE.execute(conn, params)
+        try:
+            bumped = cursor.fetchone()
+        finally:
+            cursor.close()
+    else:
+        bumped = conn.execute(RESERVE, params).one_or_none()
+    if bumped is None:
+        _raise_missing(conn, changeset_id)
+    plan_id, entry_count, invocation_count = bumped
+    return plan_id, entry_count - entries + 1, invocation_count
+
+
+def _raise_missing(conn: Connection, changeset_id: str) -> NoReturn:
+    row = conn.execute(SELECT_CHANGESET, {"cs_id": changeset_id}).one_or_none()
+    if row is None:
+        raise NotFoundError(f"changeset {changeset_id} not found")
+    raise MissingArtifactError(
+        f"changeset {changeset_id} of plan {row.plan_id} was cleaned up at "
+        f"{row.cleaned_at.isoformat()}; its entries are gone"
+    )
+
+
+def _insert_entries(
+    conn: Connection,
+    changeset_id: str,
+    plan_id: str,
+    first_seq: int,
+    changes: Sequence[FileChange],
+) -> list[ChangeEntry]:
+    if not changes:
+        return []
+    now = utcnow()
+    entries = [
+        build_entry(
+            change,
+            entry_id=new_id(),
+            changeset_id=changeset_id,
+            plan_id=plan_id,
+            seq=first_seq + offset,
+            created_at=now,
         )
-        invocations = session.scalars(
-            select(ToolInvocationModel)
-            .where(ToolInvocationModel.changeset_id == changeset_id)
-            .order_by(ToolInvocationModel.seq)
-        )
-        return SpecChangeSet(
-            id=row.id,
-            plan_id=row.plan_id,
-            created_at=row.created_at,
-            entries=tuple(entry_from_row(e) for e in entries),
-            invocations=tuple(invocation_from_row(i) for i in invocations),
-        )
+        for offset, change in enumerate(changes)
+    ]
+    contents = []
+    for entry, change in zip(entries, changes, strict=True):
+        if change.before is not None and entry.before_hash is not None:
+            contents.append((entry.before_hash, change.before))
+        if change.after is not None and entry.after_hash is not None:
+            contents.append((entry.after_hash, change.after))
+    blobs.put_blobs(conn, contents)
+    rows = [entry_values(e) for e in entries]
+    if conn.dialect.name == "sqlite":
+        FAST_INSERT_ENTRY.executemany(conn, rows)
+    else:
+        conn.execute(INSERT_ENTRY, rows)
+    return entries
+
+
+def _load(conn: Connection, changeset_id: str) -> SpecChangeSet:
+    row = conn.execute(SELECT_CHANGESET, {"cs_id": changeset_id}).one_or_none()
+    if row is None or row.cleaned_at is not None:
+        _raise_missing(conn, changeset_id)
+    entries = conn.execute(SELECT_ENTRIES, {"cs_id": changeset_id})
+    invocations = conn.execute(SELECT_INVOCATIONS, {"cs_id": changeset_id})
+    return SpecChangeSet(
+        id=row.id,
+        plan_id=row.plan_id,
+        created_at=row.created_at,
+        entries=tuple(entry_from_row(e) for e in entries),
+        invocations=tuple(invocation_from_row(i) for i in invocations),
+    )
 
 
 def _validated_changes(changes: Sequence[FileChange]) -> list[FileChange]:

@@ -41,6 +41,14 @@ _JSON_TYPES: dict[type, tuple[type, ...]] = {
 }
 
 
+class ToolFailure(Exception):
+    """Raised by a tool that failed but has a result worth keeping (exit code, output)."""
+
+    def __init__(self, message: str, result: JSONValue) -> None:
+        super().__init__(message)
+        self.result = result
+
+
 class ToolContext:
     """What a tool sees: the staged view, with every change it stages collected."""
 
