@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import NoReturn
+from typing import Any, NoReturn
 
-from sqlalchemy import ColumnElement, Connection, case, delete, distinct, func, select, update
+from sqlalchemy import ColumnElement, Connection, Row, case, delete, distinct, func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from changeledger.domain.errors import MissingArtifactError, NotFoundError, ValidationError
@@ -103,6 +103,8 @@ class SqlChangeSetStore:
         key = check_id(changeset_id, "changeset_id")
         valid = _validated_changes(changes)
         if not valid:
+            with self._uow.connect(write=False) as conn:
+                _load_changeset_row(conn, key)  # nothing to record, but the id must be real
             return []
         with self._uow.connect(write=True) as conn:
             plan_id, first_seq, _ = _reserve(conn, key, entries=len(valid), invocations=0)
@@ -335,10 +337,15 @@ def _insert_entries(
     return entries
 
 
-def _load(conn: Connection, changeset_id: str) -> SpecChangeSet:
+def _load_changeset_row(conn: Connection, changeset_id: str) -> Row[Any]:
     row = conn.execute(SELECT_CHANGESET, {"cs_id": changeset_id}).one_or_none()
     if row is None or row.cleaned_at is not None:
         _raise_missing(conn, changeset_id)
+    return row
+
+
+def _load(conn: Connection, changeset_id: str) -> SpecChangeSet:
+    row = _load_changeset_row(conn, changeset_id)
     entries = conn.execute(SELECT_ENTRIES, {"cs_id": changeset_id})
     invocations = conn.execute(SELECT_INVOCATIONS, {"cs_id": changeset_id})
     return SpecChangeSet(
