@@ -18,7 +18,7 @@ _configured = False
 def configure(*, debug: bool) -> None:
     """Set the level for the CLI; takes effect on the first log call."""
     global _level, _configured  # noqa: PLW0603 - one process-wide logging setting
-    _level = logging.DEBUG if debug else logging.INFO
+    _level = logging.DEBUG if debug else logging.WARNING
     _configured = False
 
 

@@ -10,6 +10,7 @@ import click
 
 from changeledger import __version__, logs
 from changeledger.cli import db as db_commands
+from changeledger.cli import plan as plan_commands
 from changeledger.cli.output import CliState, format_option, run
 from changeledger.constants import ENV_DB
 
@@ -64,7 +65,23 @@ def init(ctx: click.Context, workspace: Path, fmt: str | None) -> None:
     run(ctx, "init", fmt, body, lambda d: [f"ledger ready at {d['database']}"])
 
 
+@cli.command()
+@format_option
+@click.pass_context
+def gc(ctx: click.Context, fmt: str | None) -> None:
+    """Delete stored contents that no change entry uses any more."""
+
+    def body() -> Mapping[str, Any]:
+        from changeledger.cli.common import open_ledger
+
+        with open_ledger(ctx) as ledger:
+            return {"blobs_removed": ledger.changesets.collect_garbage()}
+
+    run(ctx, "gc", fmt, body)
+
+
 cli.add_command(db_commands.db)
+cli.add_command(plan_commands.plan)
 
 
 def main() -> None:

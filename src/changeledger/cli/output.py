@@ -65,6 +65,7 @@ def run(
             code=exc.exit_code,
             kind=type(exc).__name__,
             message=exc.message,
+            details=exc.details,
         )
     except Exception as exc:  # a bug: say so in one line, show the trace only on request
         if state.debug:
@@ -100,6 +101,7 @@ def _fail(
     code: int,
     kind: str,
     message: str,
+    details: Mapping[str, Any] | None = None,
 ) -> NoReturn:
     line = " ".join(message.split())
     click.echo(f"error: {line}", err=True)
@@ -108,7 +110,7 @@ def _fail(
             command=command,
             status="error",
             exit_code=code,
-            data={},
+            data=details or {},
             started=started,
             duration_ms=(time.perf_counter() - clock) * 1000.0,
             messages=(line,),

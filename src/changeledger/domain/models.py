@@ -74,12 +74,17 @@ class PlanState(enum.StrEnum):
     def check_transition(self, target: PlanState) -> None:
         """Raise ``StateTransitionError`` unless ``self -> target`` is allowed."""
         allowed = ALLOWED_TRANSITIONS[self]
-        if target not in allowed:
-            names = ", ".join(sorted(s.value for s in allowed)) or "none: it is final"
+        if target in allowed:
+            return
+        if not allowed:
             raise StateTransitionError(
-                f"cannot move a plan from {self.value} to {target.value}; "
-                f"allowed from {self.value}: {names}"
+                f"cannot move a plan from {self.value} to {target.value}: {self.value} is final"
             )
+        names = ", ".join(sorted(s.value for s in allowed))
+        raise StateTransitionError(
+            f"cannot move a plan from {self.value} to {target.value}; "
+            f"allowed from {self.value}: {names}"
+        )
 
 
 ALLOWED_TRANSITIONS: Mapping[PlanState, frozenset[PlanState]] = {

@@ -219,6 +219,21 @@ class PlanApplyService:
                 log.warning("apply.recovered", plan_id=plan_id, workspace=str(workspace.root))
         return RecoveryReport(rolled_back=tuple(rolled_back), finished=tuple(finished))
 
+    def recover_all(self) -> RecoveryReport:
+        """``recover`` every workspace with a plan the ledger still shows as applying."""
+        rolled_back: list[str] = []
+        busy: list[str] = []
+        roots = {p.workspace for p in self.plans.list(PlanState.APPLYING)}
+        for root in sorted(roots):
+            try:
+                workspace = Workspace(root)
+            except ChangeLedgerError:
+                continue  # not on this machine: the machine that has it recovers it
+            report = self.recover(workspace)
+            rolled_back.extend(report.rolled_back)
+            busy.extend(report.busy)
+        return RecoveryReport(rolled_back=tuple(rolled_back), busy=tuple(busy))
+
     def _state_of(self, plan_id: str) -> PlanState | None:
         try:
             return self.plans.get(plan_id).state

@@ -1,0 +1,44 @@
+"""What the plan commands share: opening the ledger (and recovering), and plan data."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from changeledger.cli.output import CliState
+
+if TYPE_CHECKING:
+    from changeledger.domain.models import Plan
+    from changeledger.storage.ledger import Ledger
+
+
+@contextmanager
+def open_ledger(ctx: click.Context) -> Iterator[Ledger]:
+    """The ledger the user pointed at, after rolling back any apply a crash interrupted."""
+    from changeledger.services.plan_apply_service import PlanApplyService
+    from changeledger.storage.ledger import Ledger
+
+    state = ctx.find_object(CliState)
+    with Ledger.open(state.db if state else None, create=False) as ledger:
+        PlanApplyService(ledger.plans, ledger.changesets).recover_all()
+        yield ledger
+
+
+def plan_data(plan: Plan) -> dict[str, Any]:
+    """A plan as command output, ``plan_id`` first."""
+    return {
+        "plan_id": plan.id,
+        "title": plan.title,
+        "state": plan.state.value,
+        "workspace": plan.workspace,
+        "description": plan.description,
+        "created_at": plan.created_at,
+        "updated_at": plan.updated_at,
+        "changeset_id": plan.current_changeset_id,
+        "error": None
+        if plan.error is None
+        else {"message": plan.error.message, "details": dict(plan.error.details)},
+    }
