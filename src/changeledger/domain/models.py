@@ -78,7 +78,8 @@ class PlanState(enum.StrEnum):
             return
         if not allowed:
             raise StateTransitionError(
-                f"cannot move a plan from {self.value} to {target.value}: {self.value} is final"
+                f"cannot move a plan from {self.value} to {target.value}; "
+                f"allowed from {self.value}: none: it is final"
             )
         names = ", ".join(sorted(s.value for s in allowed))
         raise StateTransitionError(
