@@ -12,12 +12,14 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from changeledger.domain.errors import (
+        ApplyError,
         ChangeLedgerError,
         ConflictError,
         MissingArtifactError,
         NotFoundError,
         StateTransitionError,
         StorageError,
+        ToolError,
         ValidationError,
         WorkspaceError,
     )
@@ -37,6 +39,7 @@ if TYPE_CHECKING:
         ToolInvocation,
     )
     from changeledger.domain.store import ChangeSetStore, PlanStore
+    from changeledger.services.execution import PlanRun, PlanService, ToolResult
     from changeledger.services.plan_apply_service import PlanApplyService
     from changeledger.storage.ledger import Ledger
     from changeledger.storage.repositories import (
@@ -45,11 +48,14 @@ if TYPE_CHECKING:
         ToolInvocationRepository,
     )
     from changeledger.storage.store import SqlChangeSetStore
+    from changeledger.workspace.tools import ToolContext, ToolRegistry, tool
 
 __version__ = "0.1.0.dev0"
 
 # Names are imported on first use, so that `changeledger --help` does not load SQLAlchemy.
 _EXPORTS: dict[str, str] = {
+    "ApplyError": "changeledger.domain.errors",
+    "ToolError": "changeledger.domain.errors",
     "ChangeEntry": "changeledger.domain.models",
     "ChangeLedgerError": "changeledger.domain.errors",
     "ChangeOperation": "changeledger.domain.models",
@@ -67,6 +73,12 @@ _EXPORTS: dict[str, str] = {
     "NotFoundError": "changeledger.domain.errors",
     "Plan": "changeledger.domain.models",
     "PlanApplyService": "changeledger.services.plan_apply_service",
+    "PlanRun": "changeledger.services.execution",
+    "PlanService": "changeledger.services.execution",
+    "ToolContext": "changeledger.workspace.tools",
+    "ToolRegistry": "changeledger.workspace.tools",
+    "ToolResult": "changeledger.services.execution",
+    "tool": "changeledger.workspace.tools",
     "PlanError": "changeledger.domain.models",
     "PlanState": "changeledger.domain.models",
     "PlanStore": "changeledger.domain.store",
@@ -97,6 +109,7 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "ApplyError",
     "ChangeEntry",
     "ChangeLedgerError",
     "ChangeOperation",
@@ -115,6 +128,8 @@ __all__ = [
     "Plan",
     "PlanApplyService",
     "PlanError",
+    "PlanRun",
+    "PlanService",
     "PlanState",
     "PlanStore",
     "SpecChangeSet",
@@ -123,9 +138,14 @@ __all__ = [
     "StateTransitionError",
     "StorageError",
     "ToolCall",
+    "ToolContext",
+    "ToolError",
     "ToolInvocation",
     "ToolInvocationRepository",
+    "ToolRegistry",
+    "ToolResult",
     "ValidationError",
     "WorkspaceError",
     "__version__",
+    "tool",
 ]

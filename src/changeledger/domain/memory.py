@@ -31,7 +31,12 @@ from changeledger.domain.models import (
     sha256_hex,
     utcnow,
 )
-from changeledger.domain.validation import check_digest, check_text, json_roundtrip
+from changeledger.domain.validation import (
+    check_digest,
+    check_text,
+    json_roundtrip,
+    storable_text,
+)
 
 
 class InMemoryPlanStore:
@@ -49,6 +54,10 @@ class InMemoryPlanStore:
         description: str = "",
         metadata: Mapping[str, JSONValue] | None = None,
     ) -> Plan:
+        if "\x00" in description:
+            raise ValidationError(
+                "description must be a string without NUL bytes", field="description"
+            )
         plan = Plan(
             id=new_id(),
             title=check_text(title, "title"),
@@ -77,6 +86,8 @@ class InMemoryPlanStore:
         self, plan_id: str, target: PlanState, *, error: PlanError | None = None
     ) -> Plan:
         with self._lock:
+            if error is not None:
+                error = replace(error, message=storable_text(error.message) or "")
             plan = self.get(plan_id).transitioned(PlanState(target), error=error)
             self._plans[plan.id] = plan
             return plan

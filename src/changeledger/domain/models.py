@@ -18,7 +18,7 @@ from typing import TypeAlias
 from changeledger.domain.errors import StateTransitionError, ValidationError
 from changeledger.domain.ids import check_id
 from changeledger.domain.paths import normalize_path
-from changeledger.domain.validation import check_text
+from changeledger.domain.validation import check_text, storable_text
 
 #: Anything ``json.dumps`` accepts without help.
 JSONValue: TypeAlias = (
@@ -285,7 +285,13 @@ class ToolCall:
             isinstance(ref, str) for ref in self.resource_refs
         ):
             raise ValidationError("resource_refs must be a list of strings", field="resource_refs")
-        return replace(self, status=status, finished_at=finished)
+        return replace(
+            self,
+            status=status,
+            finished_at=finished,
+            error_type=storable_text(self.error_type),
+            error_message=storable_text(self.error_message),
+        )
 
 
 @dataclass(frozen=True)

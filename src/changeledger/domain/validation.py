@@ -22,6 +22,12 @@ def check_text(value: object, name: str) -> str:
     return value.strip()
 
 
+def storable_text(value: str | None) -> str | None:
+    """Free text (an error message) with NUL characters escaped: PostgreSQL's text
+    columns cannot hold them, and an error must be recordable whatever it says."""
+    return None if value is None else value.replace("\x00", "\\x00")
+
+
 def check_positive_int(value: object, name: str) -> int:
     """Return ``value`` if it is an int of at least 1 (a bool is not), else raise."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:

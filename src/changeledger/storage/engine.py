@@ -54,7 +54,7 @@ def parse_db(value: str) -> URL:
         return sqlite_url(Path(text).expanduser())
     try:
         url = make_url(text)
-    except ArgumentError as exc:
+    except (ArgumentError, ValueError) as exc:
         raise ValidationError(
             f"--db {redact_url(text)!r} is not a database URL", field="db"
         ) from exc
@@ -91,7 +91,7 @@ def redact_url(url: str | URL) -> str:
         return url.render_as_string(hide_password=True)
     try:
         return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
+    except (ArgumentError, ValueError):
         return "<unparseable url>"
 
 

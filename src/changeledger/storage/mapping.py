@@ -18,7 +18,7 @@ from changeledger.domain.models import (
     PlanState,
     ToolInvocation,
 )
-from changeledger.domain.validation import to_json
+from changeledger.domain.validation import storable_text, to_json
 from changeledger.storage.models import ChangeSetEntryModel, PlanModel, ToolInvocationModel
 
 
@@ -102,8 +102,8 @@ def invocation_values(invocation: ToolInvocation) -> dict[str, Any]:
         "arguments": to_json(invocation.arguments, "arguments"),
         "result": to_json(invocation.result, "result"),
         "status": InvocationStatus(invocation.status).value,
-        "error_type": invocation.error_type,
-        "error_message": invocation.error_message,
+        "error_type": storable_text(invocation.error_type),
+        "error_message": storable_text(invocation.error_message),
         "started_at": invocation.started_at,
         "finished_at": invocation.finished_at,
         "duration_ms": invocation.duration_ms,

@@ -33,7 +33,13 @@ from changeledger.domain.models import (
     sha256_hex,
     utcnow,
 )
-from changeledger.domain.validation import check_digest, check_positive_int, check_text, to_json
+from changeledger.domain.validation import (
+    check_digest,
+    check_positive_int,
+    check_text,
+    storable_text,
+    to_json,
+)
 from changeledger.storage import blobs
 from changeledger.storage.blobs import rowcount
 from changeledger.storage.mapping import (
@@ -75,6 +81,8 @@ class SqlPlanStore:
     ) -> Plan:
         if not isinstance(description, str):
             raise ValidationError("description must be a string", field="description")
+        if "\x00" in description:
+            raise ValidationError("description contains a NUL byte", field="description")
         meta_json = to_json(dict(metadata or {}), "metadata")
         plan = Plan(
             id=new_id(),
@@ -134,7 +142,7 @@ class SqlPlanStore:
             row.state = wanted.value
             row.updated_at = utcnow()
             if error is not None:
-                row.error_message = error.message
+                row.error_message = storable_text(error.message)
                 row.error_details = details
             session.flush()
             return plan_from_row(row)

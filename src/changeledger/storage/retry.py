@@ -53,17 +53,21 @@ def is_transient(exc: BaseException) -> bool:
     return any(text in message for text in _SQLITE_TRANSIENT)
 
 
-def _log_retry(state: RetryCallState) -> None:
-    exc = state.outcome.exception() if state.outcome else None
-    log.warning(
-        "storage.retry",
-        attempt=state.attempt_number + 1,  # the first attempt ran before tenacity
-        error=str(exc).splitlines()[0] if exc else None,
-    )
+def _retry_logger(operation: str) -> Callable[[RetryCallState], None]:
+    def log_retry(state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        log.warning(
+            "storage.retry",
+            operation=operation,
+            attempt=state.attempt_number + 1,  # the first attempt ran before tenacity
+            error=str(exc).splitlines()[0] if exc else None,
+        )
+
+    return log_retry
 
 
-def _log_first_retry(exc: BaseException) -> None:
-    log.warning("storage.retry", attempt=1, error=str(exc).splitlines()[0])
+def _log_first_retry(operation: str, exc: BaseException) -> None:
+    log.warning("storage.retry", operation=operation, attempt=1, error=str(exc).splitlines()[0])
 
 
 def database_retry(operation: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
@@ -81,12 +85,12 @@ def database_retry(operation: str) -> Callable[[Callable[P, R]], Callable[P, R]]
             except SQLAlchemyError as exc:
                 if not is_transient(exc):
                     raise wrap_storage_error(operation, exc) from exc
-                _log_first_retry(exc)
+                _log_first_retry(operation, exc)
             retrying = Retrying(
                 retry=retry_if_exception(is_transient),
                 stop=stop_after_attempt(MAX_ATTEMPTS - 1) | stop_after_delay(MAX_SECONDS),
                 wait=wait_random_exponential(multiplier=0.02, max=1.0),
-                before_sleep=_log_retry,
+                before_sleep=_retry_logger(operation),
                 reraise=True,
             )
             try:

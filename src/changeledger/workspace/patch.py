@@ -56,7 +56,9 @@ def parse_patch(text: object) -> list[FilePatch]:
     """The files and hunks of a unified diff; ``ValidationError`` naming the line if bad."""
     if not isinstance(text, str) or not text.strip():
         raise ValidationError("patch must be a non-empty unified diff", field="patch")
-    patches = _Parser(text.splitlines(keepends=True)).parse()
+    # Split on "\n" only: str.splitlines would also break lines at \r, \f, \u2028 ...
+    lines = [line for line in re.split(r"(?<=\n)", text) if line]
+    patches = _Parser(lines).parse()
     if not patches:
         raise ValidationError("patch holds no file changes", field="patch")
     for patch in patches:

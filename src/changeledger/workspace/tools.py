@@ -321,3 +321,10 @@ def apply_patch(ctx: ToolContext, patch: str) -> dict[str, JSONValue]:
             if content != ctx.read(new):
                 ctx.write(new, content)
     return {"files": files}
+
+
+def tool(
+    name: str | None = None, *, description: str | None = None
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register a custom tool in the default registry (the one ``PlanService`` uses)."""
+    return BUILTINS.register(name, description=description)

@@ -1,0 +1,1 @@
+"""ASV benchmarks for changeledger (see asv.conf.json and benchmarks/report_ratios.py)."""

@@ -1,0 +1,110 @@
+"""Unified diffs from git and diff -u apply to content exactly, or are refused clearly."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from changeledger.domain.errors import ValidationError
+from changeledger.workspace.patch import apply_hunks, parse_patch
+
+
+def _git(cwd: Path, *args: str) -> str:
+    # Bytes, decoded by hand: text mode would turn the CRLF lines of the patch into LF.
+    return subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args],
+        cwd=cwd,
+        check=True,
+        capture_output=True,
+    ).stdout.decode("utf-8")
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    _git(tmp_path, "init", "-q", ".")
+    (tmp_path / "f.txt").write_text("a\nb\nc\nd\ne\nf\ng\nh\n")
+    (tmp_path / "nonl.txt").write_bytes(b"x\ny")
+    (tmp_path / "gone.txt").write_text("bye\n")
+    (tmp_path / "crlf.txt").write_bytes(b"one\r\ntwo\r\n")
+    _git(tmp_path, "add", ".")
+    _git(tmp_path, "commit", "-qm", "base")
+    return tmp_path
+
+
+def test_a_git_diff_reproduces_every_new_file_exactly(repo: Path) -> None:
+    (repo / "f.txt").write_text("a\nB\nc\nd\ne\nf\ng\nH\nI\n")
+    (repo / "nonl.txt").write_bytes(b"x\nz")
+    (repo / "gone.txt").unlink()
+    (repo / "new.txt").write_text("fresh\n")
+    (repo / "crlf.txt").write_bytes(b"one\r\nTWO\r\n")
+    _git(repo, "add", "-A")
+    patches = {(p.old_path, p.new_path): p for p in parse_patch(_git(repo, "diff", "--cached"))}
+    assert set(patches) == {
+        ("f.txt", "f.txt"),
+        ("nonl.txt", "nonl.txt"),
+        ("gone.txt", None),
+        (None, "new.txt"),
+        ("crlf.txt", "crlf.txt"),
+    }
+    for (old, new), patch in patches.items():
+        original = (
+            b""
+            if old is None
+            else subprocess.run(
+                ["git", "show", f"HEAD:{old}"], cwd=repo, capture_output=True, check=True
+            ).stdout
+        )
+        result = apply_hunks(original, patch.hunks, new or old or "")
+        expected = b"" if new is None else (repo / new).read_bytes()
+        assert result == expected, (old, new)
+
+
+def test_a_rename_header_is_parsed_as_a_rename(repo: Path) -> None:
+    _git(repo, "mv", "f.txt", "moved.txt")
+    text = _git(repo, "diff", "--cached", "-M")
+    [patch] = parse_patch(text)
+    assert (patch.old_path, patch.new_path, patch.is_rename, patch.hunks) == (
+        "f.txt",
+        "moved.txt",
+        True,
+        [],
+    )
+
+
+def test_only_newline_ends_a_patch_line() -> None:
+    patch = "--- a/x\n+++ b/x\n@@ -1 +1 @@\n-a\x0cb\n+a\u2028b\n"
+    [file_patch] = parse_patch(patch)
+    assert apply_hunks(b"a\x0cb\n", file_patch.hunks, "x") == "a\u2028b\n".encode()
+
+
+def test_a_hunk_may_sit_a_few_lines_from_its_header() -> None:
+    patch = "--- a/x\n+++ b/x\n@@ -1,2 +1,2 @@\n c\n-d\n+D\n"
+    [file_patch] = parse_patch(patch)
+    assert apply_hunks(b"a\nb\nc\nd\n", file_patch.hunks, "x") == b"a\nb\nc\nD\n"
+
+
+def test_a_hunk_that_does_not_match_is_refused_naming_the_file() -> None:
+    [file_patch] = parse_patch("--- a/x\n+++ b/x\n@@ -1 +1 @@\n-nope\n+yes\n")
+    with pytest.raises(ValidationError, match=r"hunk 1 for 'x' does not match"):
+        apply_hunks(b"something else\n", file_patch.hunks, "x")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "non-empty unified diff"),
+        ("just words\n", "holds no file changes"),
+        ("--- a/x\n@@ -1 +1 @@\n", "without a '\\+\\+\\+' line"),
+        ("--- /dev/null\n+++ /dev/null\n@@ -0,0 +1 @@\n+x\n", "both sides are /dev/null"),
+        ("--- a/x\n+++ b/x\n@@ -1,3 +1,3 @@\n a\n", "shorter than its header"),
+        ("--- a/x\n+++ b/x\n@@ -1 +1 @@\n?odd\n", "unexpected line in hunk"),
+        ("--- a/x\n+++ b/x\n", "has no hunks"),
+        ("diff --git a/b b/b\nBinary files a/b and b/b differ\n", "binary patches"),
+    ],
+)
+def test_malformed_patches_are_validation_errors(text: str, message: str) -> None:
+    with pytest.raises(ValidationError, match=message) as caught:
+        parse_patch(text)
+    assert caught.value.field == "patch"
