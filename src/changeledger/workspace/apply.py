@@ -22,6 +22,7 @@ import errno
 import fcntl
 import json
 import os
+import secrets
 import shutil
 import signal
 import stat
@@ -39,8 +40,10 @@ from changeledger.workspace.staged import DEFAULT_MODE
 JOURNAL_DIR = "journal"
 LOCK_FILE = "apply.lock"
 
-#: Test seam: SIGKILL this process at the N-th filesystem step of an apply.
+#: Test seams: SIGKILL this process, or fail as a full disk does, at the N-th filesystem
+#: step of an apply. Crash and fault tests use them; nothing else sets them.
 CRASH_ENV = "CHANGELEDGER_TEST_CRASH_AT_STEP"
+FAIL_ENV = "CHANGELEDGER_TEST_FAIL_AT_STEP"
 
 
 @dataclass(frozen=True)
@@ -192,10 +195,13 @@ class Applier:
         self.journal = journal_path(workspace, plan_id)
         self.fsync_seconds = 0.0
         self._crash_at = int(os.environ.get(CRASH_ENV, "0") or 0)
+        self._fail_at = int(os.environ.get(FAIL_ENV, "0") or 0)
         self._step_count = 0
 
     def apply(self, changes: Sequence[NetChange], contents: dict[str, bytes]) -> None:
         """Write ``changes`` (new contents by hash in ``contents``) or roll back and raise."""
+        # A token of this apply in every temporary name: rollback removes only its own.
+        token = secrets.token_hex(6)
         steps = [
             _Step(
                 path=c.path,
@@ -205,7 +211,7 @@ class Applier:
                 backup=None if c.before_hash is None else f"originals/{index}",
                 tmp=None
                 if c.after_hash is None
-                else f".{Path(c.path).name}.changeledger-{index}.tmp",
+                else f".{Path(c.path).name}.changeledger-{token}-{index}.tmp",
             )
             for index, c in enumerate(changes)
         ]
@@ -318,6 +324,8 @@ class Applier:
         self._step_count += 1
         if self._crash_at and self._step_count == self._crash_at:
             os.kill(os.getpid(), signal.SIGKILL)
+        if self._fail_at and self._step_count == self._fail_at:
+            raise OSError(errno.ENOSPC, "No space left on device (injected by the test seam)")
 
     def _sync(self, directory: Path) -> None:
         fd = os.open(directory, os.O_RDONLY)
