@@ -1,110 +1,97 @@
-"""Quickstart: record an agent's tool calls in a durable ledger, then read them back
-from a second process, as a reviewer would after a restart.
+"""Quickstart: the main job, end to end, on the embedded SQLite ledger.
 
-    python examples/quickstart.py [--db URL]
+    python examples/quickstart.py
 
-Without --db it copies examples/workspace/ to a temporary directory, creates the embedded
-SQLite ledger there (.changeledger/ledger.db) and uses it. The workspace files are only
-read: every change is recorded in the ledger, none is written to the workspace.
+1. copies examples/workspace/ to a temporary directory and runs ``changeledger init`` there;
+2. ``changeledger plan run examples/plan.yaml``: five tool calls, staged and recorded —
+   the workspace is not touched;
+3. a new process opens the ledger and reads back the plan, its changes and its audit trail,
+   as a reviewer would after a restart;
+4. ``changeledger plan apply --dry-run`` then ``plan apply``: the files change, all at once.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
-
-from changeledger import ChangeOperation, FileChange, Ledger, PlanState, ToolCall
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 
-READER = """
+REVIEW = """
 import json, sys
 from changeledger import Ledger
 with Ledger.open(sys.argv[1], create=False) as ledger:
     plan = ledger.plans.get(sys.argv[2])
     changeset = ledger.changesets.get_for_plan(plan.id)
-    summary = ledger.changesets.summarize(changeset.id)
     print(json.dumps({
-        "plan": plan.title,
         "state": plan.state.value,
-        "entries": [[e.seq, e.operation.value, e.path, e.tool_name] for e in changeset.entries],
-        "invocations": [[i.seq, i.tool_name, i.status.value] for i in changeset.invocations],
-        "summary": {"files_changed": summary.files_changed, "tool_calls": summary.tool_calls},
-        "hello_txt": ledger.changesets.read_blob(changeset.entries[0].after_hash).decode(),
+        "changes": [f"{e.seq}. {e.operation.value:<6} {e.path}" for e in changeset.entries],
+        "calls": [f"{i.seq}. {i.tool_name} ({i.status.value}, {i.duration_ms:.1f} ms)"
+                  for i in changeset.invocations],
     }))
 """
 
 
-def record(db: str, workspace: Path) -> str:
-    """What an agent run does: tool calls whose changes go to the ledger, not the disk."""
-    with Ledger.open(db) as ledger:
-        plan = ledger.plans.create("Rename greeting", str(workspace))
-        changeset = ledger.changesets.start(plan.id)
-        ledger.plans.transition(plan.id, PlanState.EXECUTING)
-        app = (workspace / "src/app.py").read_bytes()
-        calls = [
-            (
-                ToolCall("write_file", {"path": "hello.txt", "content": "hi\n"}),
-                [FileChange("hello.txt", ChangeOperation.CREATE, after=b"hi\n")],
-            ),
-            (
-                ToolCall("edit_file", {"path": "src/app.py", "old": "hello", "new": "hi"}),
-                [
-                    FileChange(
-                        "src/app.py",
-                        ChangeOperation.MODIFY,
-                        before=app,
-                        after=app.replace(b"hello", b"hi"),
-                    )
-                ],
-            ),
-            (
-                ToolCall("delete_file", {"path": "old.txt"}),
-                [
-                    FileChange(
-                        "old.txt", ChangeOperation.DELETE, before=(workspace / "old.txt").read_bytes()
-                    )
-                ],
-            ),
-        ]
-        for call, changes in calls:
-            invocation = ledger.changesets.record_invocation(changeset.id, call, changes)
-            print(f"recorded {invocation.tool_name:<12} -> {len(invocation.change_ids)} change(s)")
-        ledger.plans.transition(plan.id, PlanState.EXECUTED)
-        return plan.id
+def changeledger(workspace: Path, *args: str) -> dict[str, Any]:
+    """Run the CLI in the workspace as a user would; return its JSON data."""
+    command = [sys.executable, "-m", "changeledger", *args, "--format", "json"]
+    done = subprocess.run(command, cwd=workspace, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"changeledger {' '.join(args)} failed: {done.stderr.strip()}")
+    data: dict[str, Any] = json.loads(done.stdout)["data"]
+    return data
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and ".changeledger" not in p.parts
+    }
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--db", help="a SQLAlchemy URL (default: embedded SQLite)")
-    args = parser.parse_args()
     workspace = Path(tempfile.mkdtemp(prefix="changeledger-quickstart-")) / "workspace"
     shutil.copytree(HERE / "workspace", workspace)
-    changeledger = [sys.executable, "-m", "changeledger"]
-    db = args.db or str(workspace / ".changeledger" / "ledger.db")
-    init = [*changeledger, *(["--db", args.db] if args.db else []), "init"]
-    subprocess.run([*init, "--workspace", str(workspace)], check=True)
-    before = {p: p.read_bytes() for p in workspace.rglob("*") if p.is_file()}
-    plan_id = record(db, workspace)
+    ledger = changeledger(workspace, "init")["database"]
+    print(f"ledger: {ledger}")
 
-    # A new process, as a reviewer after a restart, sees everything that was recorded.
-    seen = json.loads(
-        subprocess.run(
-            [sys.executable, "-c", READER, db, plan_id], check=True, capture_output=True, text=True
-        ).stdout
+    before = tree(workspace)
+    run = changeledger(workspace, "plan", "run", str(HERE / "plan.yaml"))
+    plan_id = run["plan_id"]
+    print(f"plan {plan_id}: {len(run['steps'])} tool calls, {run['changes']} changes staged")
+    if tree(workspace) != before:
+        raise SystemExit("the workspace changed before apply")
+
+    review = subprocess.run(
+        [sys.executable, "-c", REVIEW, str(workspace / ".changeledger" / "ledger.db"), plan_id],
+        capture_output=True,
+        text=True,
+        check=True,
     )
-    print(json.dumps(seen, indent=2))
-    untouched = all(
-        p.read_bytes() == content for p, content in before.items() if ".changeledger" not in p.parts
-    )
-    assert seen["hello_txt"] == "hi\n" and len(seen["entries"]) == 3, seen
-    assert untouched and not (workspace / "hello.txt").exists(), "the workspace was written"
-    print(f"ok: 3 tool calls recorded in {db}; the workspace is unchanged")
+    seen = json.loads(review.stdout)
+    print("reviewed from a new process:")
+    for line in seen["calls"] + seen["changes"]:
+        print(f"  {line}")
+
+    dry = changeledger(workspace, "plan", "apply", plan_id, "--dry-run")
+    print(f"dry run: {len(dry['files'])} files would change, {len(dry['conflicts'])} conflicts")
+    applied = changeledger(workspace, "plan", "apply", plan_id)
+    print(f"applied in {applied['duration_ms']:.0f} ms; plan is {applied['state']}")
+
+    expected = {
+        "docs/old-notes.txt": b"old notes\n(kept for the record)\n",
+        "hello.txt": b"hi\n",
+        "src/app.py": b"print('hi')\n",
+    }
+    if tree(workspace) != expected:
+        raise SystemExit(f"unexpected workspace after apply: {sorted(tree(workspace))}")
+    print(f"ok: the workspace in {workspace} now holds the plan's changes")
     return 0
 
 
