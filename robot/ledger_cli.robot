@@ -1,25 +1,9 @@
 *** Settings ***
 Documentation     The ledger's set-up commands as a user runs them: init, db current,
 ...               db check, db downgrade/upgrade, and the exit codes of bad input.
-Library           OperatingSystem
-Library           Process
+Resource          resources/common.resource
 Test Setup        Make Workspace
 Test Teardown     Remove Directory    ${WS}    recursive=True
-
-*** Variables ***
-${CL}             changeledger
-
-*** Keywords ***
-Make Workspace
-    ${tmp}=    Evaluate    tempfile.mkdtemp(prefix="cl-robot-")    modules=tempfile
-    Set Test Variable    ${WS}    ${tmp}
-
-Changeledger
-    [Arguments]    @{args}    ${rc}=0
-    ${result}=    Run Process    ${CL}    @{args}    cwd=${WS}    env:CHANGELEDGER_DB=
-    Should Be Equal As Integers    ${result.rc}    ${rc}
-    ...    msg=exit ${result.rc}, expected ${rc}; stderr: ${result.stderr}
-    RETURN    ${result}
 
 *** Test Cases ***
 Init Creates An Owner-Only Ledger That Ignores Itself For Git

@@ -160,3 +160,22 @@ def test_every_global_option_is_documented() -> None:
     for param in cli.params:
         if isinstance(param, click.Option):
             assert max(param.opts, key=len) in text
+
+
+def test_usage_errors_follow_the_error_contract(runner: CliRunner) -> None:
+    result = runner.invoke(cli, ["plan", "list", "--state", "bogus", "--format", "json"])
+    assert result.exit_code == 2
+    assert result.stderr.count("\n") == 1
+    assert result.stderr.startswith("error: Invalid value for '--state'")
+    envelope = json.loads(result.stdout)
+    assert (envelope["status"], envelope["exit_code"], envelope["error"]["type"]) == (
+        "error",
+        2,
+        "UsageError",
+    )
+    missing = runner.invoke(cli, ["plan", "create"], prog_name="changeledger")
+    assert missing.exit_code == 2
+    assert missing.stderr == (
+        "error: Missing argument 'TITLE'. (see 'changeledger plan create --help')\n"
+    )
+    assert runner.invoke(cli, ["--help"]).exit_code == 0

@@ -11,11 +11,11 @@ import click
 from changeledger import __version__, logs
 from changeledger.cli import db as db_commands
 from changeledger.cli import plan as plan_commands
-from changeledger.cli.output import CliState, format_option, run
+from changeledger.cli.output import CliState, LedgerGroup, format_option, run
 from changeledger.constants import ENV_DB
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=LedgerGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="changeledger")
 @click.option(
     "--db",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 import time
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -90,6 +90,54 @@ def run(
     )
     click.echo(render(envelope, fmt), nl=False)
     ctx.exit(0)
+
+
+class LedgerGroup(click.Group):
+    """The root group: usage errors follow the error contract too (one line, exit 2,
+    an error envelope for json/yaml) instead of click's three-line usage message."""
+
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        argv = list(sys.argv[1:] if args is None else args)
+        try:
+            code = super().main(argv, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.UsageError as exc:
+            command = exc.ctx.command_path if exc.ctx is not None else "changeledger"
+            hint = f" (see '{command} --help')"
+            _fail(
+                command.removeprefix("changeledger").strip() or "changeledger",
+                _format_in(argv),
+                utcnow(),
+                time.perf_counter(),
+                code=2,
+                kind="UsageError",
+                message=exc.format_message() + hint,
+            )
+        except click.ClickException as exc:
+            click.echo(f"error: {exc.format_message()}", err=True)
+            raise SystemExit(exc.exit_code) from exc
+        except click.Abort:
+            click.echo("error: aborted", err=True)
+            raise SystemExit(1) from None
+        if not standalone_mode:
+            return code
+        raise SystemExit(code if isinstance(code, int) else 0)
+
+
+def _format_in(argv: Sequence[str]) -> str:
+    """The --format the user asked for, read from raw arguments that did not parse."""
+    for index, arg in enumerate(argv):
+        if arg == "--format" and index + 1 < len(argv):
+            return argv[index + 1]
+        if arg.startswith("--format="):
+            return arg.split("=", 1)[1]
+    return "plain"
 
 
 def _fail(
