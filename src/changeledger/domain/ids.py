@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import re
 
-from ulid import ULID
-
 from changeledger.domain.errors import ValidationError
 
 _ULID_RE = re.compile(r"^[0-9A-HJKMNP-TV-Z]{26}$")
@@ -13,6 +11,10 @@ _ULID_RE = re.compile(r"^[0-9A-HJKMNP-TV-Z]{26}$")
 
 def new_id() -> str:
     """Return a new ULID as its 26-character Crockford base32 string."""
+    # Imported here: python-ulid reads its package metadata on import, which costs more
+    # than a read-only command's whole run.
+    from ulid import ULID
+
     return str(ULID())
 
 

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from changeledger.domain.errors import MissingArtifactError, StorageError
 from changeledger.domain.models import sha256_hex, utcnow
 from changeledger.storage.models import BlobModel, ChangeSetEntryModel
-from changeledger.storage.tables import EXISTING_BLOBS, FAST_INSERT_BLOB, INSERT_BLOB
+from changeledger.storage.tables import EXISTING_BLOBS, FAST_INSERT_BLOB, insert_blob
 
 #: Content shorter than this is stored as it is: compression would not pay for its header.
 MIN_COMPRESS_BYTES = 64
@@ -63,7 +63,7 @@ def put_blobs(conn: Connection, contents: Iterable[tuple[str, bytes]]) -> None:
     if conn.dialect.name == "sqlite":
         FAST_INSERT_BLOB.executemany(conn, rows)
     else:
-        conn.execute(INSERT_BLOB[conn.dialect.name], rows)
+        conn.execute(insert_blob(conn.dialect.name), rows)
 
 
 def get_blob(session: Session, digest: str) -> bytes:

@@ -8,7 +8,8 @@ paths use Core statements prepared here, executed on a plain ``Connection``.
 from __future__ import annotations
 
 from sqlalchemy import Table, bindparam, insert, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import sqlite
+from sqlalchemy.sql.dml import Insert
 
 from changeledger.storage.fastpath import Prepared
 from changeledger.storage.models import Base
@@ -32,10 +33,23 @@ RESERVE = (
 
 INSERT_ENTRY = insert(ENTRIES)
 INSERT_INVOCATION = insert(INVOCATIONS)
-INSERT_BLOB = {
-    "sqlite": sqlite.insert(BLOBS).on_conflict_do_nothing(index_elements=["hash"]),
-    "postgresql": postgresql.insert(BLOBS).on_conflict_do_nothing(index_elements=["hash"]),
-}
+
+
+def insert_blob(dialect: str) -> Insert:
+    """``INSERT ... ON CONFLICT (hash) DO NOTHING`` for the dialect, built once."""
+    statement = _INSERT_BLOB.get(dialect)
+    if statement is None:
+        if dialect == "postgresql":
+            from sqlalchemy.dialects import postgresql
+
+            statement = postgresql.insert(BLOBS).on_conflict_do_nothing(index_elements=["hash"])
+        else:
+            statement = sqlite.insert(BLOBS).on_conflict_do_nothing(index_elements=["hash"])
+        _INSERT_BLOB[dialect] = statement
+    return statement
+
+
+_INSERT_BLOB: dict[str, Insert] = {}
 EXISTING_BLOBS = select(BLOBS.c.hash).where(BLOBS.c.hash.in_(bindparam("hashes", expanding=True)))
 
 SELECT_ENTRIES = (
@@ -52,4 +66,4 @@ SELECT_CHANGESET = select(CHANGESETS).where(CHANGESETS.c.id == bindparam("cs_id"
 FAST_RESERVE = Prepared(RESERVE)
 FAST_INSERT_ENTRY = Prepared(INSERT_ENTRY)
 FAST_INSERT_INVOCATION = Prepared(INSERT_INVOCATION)
-FAST_INSERT_BLOB = Prepared(INSERT_BLOB["sqlite"])
+FAST_INSERT_BLOB = Prepared(insert_blob("sqlite"))
