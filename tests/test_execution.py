@@ -358,3 +358,75 @@ def test_a_path_with_a_nul_byte_is_refused(service: PlanService, workspace: Path
     with pytest.raises(ToolError, match="NUL byte"), service.execute(plan.id) as run:
         run.call("write_file", {"path": "a\x00b", "content": "x"})
     assert sorted(p.name for p in workspace.iterdir()) == ["data.bin", "notes.txt", "src"]
+
+
+def test_apply_patch_creates_modifies_deletes_and_renames(
+    service: PlanService, workspace: Path
+) -> None:
+    patch = (
+        "diff --git a/notes.txt b/docs/notes.md\n"
+        "similarity index 80%\n"
+        "rename from notes.txt\n"
+        "rename to docs/notes.md\n"
+        "--- a/notes.txt\n"
+        "+++ b/docs/notes.md\n"
+        "@@ -1 +1,2 @@\n"
+        " notes\n"
+        "+more\n"
+        "--- /dev/null\n"
+        "+++ b/created.txt\n"
+        "@@ -0,0 +1 @@\n"
+        "+new file\n"
+        "--- a/src/app.py\n"
+        "+++ b/src/app.py\n"
+        "@@ -1,2 +1,2 @@\n"
+        "-print('hello')\n"
+        "+print('hi')\n"
+        " print('hello')\n"
+    )
+    plan = service.create("patch", workspace)
+    with service.execute(plan.id) as run:
+        result = run.call("apply_patch", {"patch": patch})
+        assert run.view.read("docs/notes.md") == b"notes\nmore\n"
+        assert run.view.read("created.txt") == b"new file\n"
+        assert run.view.read("src/app.py") == b"print('hi')\nprint('hello')\n"
+        assert not run.view.exists("notes.txt")
+        deleted = run.call(
+            "apply_patch", {"patch": "--- a/created.txt\n+++ /dev/null\n@@ -1 +0,0 @@\n-new file\n"}
+        )
+    assert result.value == {
+        "files": [
+            {"path": "docs/notes.md", "old_path": "notes.txt", "operation": "rename"},
+            {"path": "created.txt", "operation": "create"},
+            {"path": "src/app.py", "operation": "modify"},
+        ]
+    }
+    assert deleted.value == {"files": [{"path": "created.txt", "operation": "delete"}]}
+    changeset = service.changesets.get_for_plan(plan.id)
+    assert changeset is not None
+    assert [(e.operation, e.path) for e in changeset.entries] == [
+        (ChangeOperation.RENAME, "docs/notes.md"),
+        (ChangeOperation.MODIFY, "docs/notes.md"),
+        (ChangeOperation.CREATE, "created.txt"),
+        (ChangeOperation.MODIFY, "src/app.py"),
+        (ChangeOperation.DELETE, "created.txt"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("patch", "message"),
+    [
+        ("--- /dev/null\n+++ b/notes.txt\n@@ -0,0 +1 @@\n+x\n", "already exists"),
+        ("--- a/notes.txt\n+++ /dev/null\n@@ -1 +0,0 @@\n-other\n", "does not match"),
+        ("--- a/missing.txt\n+++ b/missing.txt\n@@ -1 +1 @@\n-a\n+b\n", "does not exist"),
+    ],
+)
+def test_a_patch_that_does_not_fit_stages_nothing(
+    service: PlanService, workspace: Path, patch: str, message: str
+) -> None:
+    plan = service.create("patch", workspace)
+    with pytest.raises(ToolError, match=message), service.execute(plan.id) as run:
+        run.call("apply_patch", {"patch": patch})
+    changeset = service.changesets.get_for_plan(plan.id)
+    assert changeset is not None
+    assert changeset.entries == ()
