@@ -224,13 +224,15 @@ def test_recovery_rolls_back_a_journal_left_by_a_crash(
                 "after": sha256_hex(b"hi\n"),
                 "mode": None,
                 "backup": None,
-                "tmp": ".x.txt.changeledger-t-0.tmp",
+                "staged": "staged/0",
+                "beside": ".x.txt.changeledger-t-0.tmp",
             }
         ],
     }
     (journal / "journal.json").write_text(json.dumps(record))
     (workspace / "made").mkdir()
     (workspace / "made" / "x.txt").write_text("hi\n")
+    (workspace / "made" / ".x.txt.changeledger-t-0.tmp").write_text("half\n")
     report = applier.recover_all()
     assert report.rolled_back == (plan_id,)
     assert tree(workspace) == before
@@ -289,6 +291,27 @@ def test_an_empty_plan_applies_to_nothing(
     report = applier.apply(plan.id)
     assert report.files == ()
     assert plans.plans.get(plan.id).state is PlanState.APPLIED
+
+
+def test_a_file_can_become_a_directory_and_back(
+    plans: PlanService, applier: PlanApplyService, workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plan = plans.create("swap", workspace)
+    with plans.execute(plan.id) as run:
+        run.call("delete_file", {"path": "old.txt"})
+        run.call("write_file", {"path": "old.txt/inside.txt", "content": "now a directory\n"})
+    before = tree(workspace)
+    monkeypatch.setenv(FAIL_ENV, "4")  # fail after the delete and the mkdir
+    with pytest.raises(ApplyError):
+        applier.apply(plan.id, keep_artifacts=True)
+    assert tree(workspace) == before
+    monkeypatch.delenv(FAIL_ENV)
+    again = plans.create("swap again", workspace)
+    with plans.execute(again.id) as run:
+        run.call("delete_file", {"path": "old.txt"})
+        run.call("write_file", {"path": "old.txt/inside.txt", "content": "now a directory\n"})
+    applier.apply(again.id)
+    assert (workspace / "old.txt" / "inside.txt").read_text() == "now a directory\n"
 
 
 def test_modes_are_applied(plans: PlanService, applier: PlanApplyService, workspace: Path) -> None:

@@ -181,8 +181,9 @@ class _Step:
     before: str | None
     after: str | None
     mode: int | None
-    backup: str | None
-    tmp: str | None
+    backup: str | None  # hard link (or copy) of the original, in the journal
+    staged: str | None  # the new content, written and fsynced in the journal
+    beside: str | None  # temporary name next to the target, used across filesystems
 
 
 class Applier:
@@ -209,7 +210,8 @@ class Applier:
                 after=c.after_hash,
                 mode=c.mode,
                 backup=None if c.before_hash is None else f"originals/{index}",
-                tmp=None
+                staged=None if c.after_hash is None else f"staged/{index}",
+                beside=None
                 if c.after_hash is None
                 else f".{Path(c.path).name}.changeledger-{token}-{index}.tmp",
             )
@@ -219,8 +221,8 @@ class Applier:
         try:
             self._write_journal(steps, created_dirs)
             self._backup(steps)
-            self._stage(steps, contents, created_dirs)
-            self._commit(steps)
+            self._stage(steps, contents)
+            self._commit(steps, created_dirs)
         except Exception as exc:
             try:
                 rollback(self.workspace, self.plan_id)
@@ -248,6 +250,7 @@ class Applier:
                 "back first"
             )
         (self.journal / "originals").mkdir(parents=True, mode=stat.S_IRWXU)
+        (self.journal / "staged").mkdir(mode=stat.S_IRWXU)
         record = {
             "plan_id": self.plan_id,
             "root": str(self.workspace.root),
@@ -275,36 +278,55 @@ class Applier:
                 _fsync_file(backup)
         self._sync(self.journal / "originals")
 
-    def _stage(self, steps: list[_Step], contents: dict[str, bytes], dirs: list[str]) -> None:
-        for directory in dirs:
-            self._crash_point()
-            (self.workspace.root / directory).mkdir(mode=0o755)
+    def _stage(self, steps: list[_Step], contents: dict[str, bytes]) -> None:
         for step in steps:
-            if step.after is None or step.tmp is None:
+            if step.after is None or step.staged is None:
                 continue
             self._crash_point()
-            target = self.workspace.root / step.path
-            tmp = target.parent / step.tmp
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            fd = os.open(self.journal / step.staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             try:
                 _write_all(fd, contents[step.after])
                 os.fchmod(fd, step.mode if step.mode is not None else DEFAULT_MODE)
                 self._fsync_fd(fd)
             finally:
                 os.close(fd)
+        self._sync(self.journal / "staged")
 
-    def _commit(self, steps: list[_Step]) -> None:
+    def _commit(self, steps: list[_Step], created_dirs: list[str]) -> None:
+        """Deletes first (a deleted file may be where a new directory goes), then the
+        directories, then every new content renamed into place."""
         touched: set[Path] = set()
         for step in steps:
+            if step.after is None:
+                self._crash_point()
+                target = self.workspace.root / step.path
+                target.unlink()
+                touched.add(target.parent)
+        for rel in created_dirs:
+            self._crash_point()
+            (self.workspace.root / rel).mkdir(mode=0o755)
+            touched.add((self.workspace.root / rel).parent)
+        for step in steps:
+            if step.staged is None:
+                continue
             self._crash_point()
             target = self.workspace.root / step.path
-            if step.after is None:
-                target.unlink()
-            elif step.tmp is not None:
-                os.replace(target.parent / step.tmp, target)
+            self._move_into_place(self.journal / step.staged, target, step.beside)
             touched.add(target.parent)
         for directory in sorted(touched):
             self._sync(directory)
+
+    def _move_into_place(self, staged: Path, target: Path, beside: str | None) -> None:
+        try:
+            os.replace(staged, target)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV or beside is None:
+                raise
+            # The target is on another filesystem than the journal: copy next to it first.
+            near = target.parent / beside
+            shutil.copy2(staged, near)
+            _fsync_file(near)
+            os.replace(near, target)
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -351,18 +373,15 @@ def rollback(workspace: Workspace, plan_id: str) -> dict[str, Any] | None:
         shutil.rmtree(journal, ignore_errors=True)
         return None
     record: dict[str, Any] = json.loads(record_file.read_bytes())
+    steps = [_Step(**raw) for raw in record["steps"]]
     touched: set[Path] = set()
-    for raw in reversed(record["steps"]):
-        step = _Step(**raw)
+    # Undo in reverse order of commit: new files, then new directories, then originals.
+    for step in steps:
         target = workspace.root / step.path
-        if step.tmp is not None:
+        if step.beside is not None:
             with contextlib.suppress(FileNotFoundError):
-                (target.parent / step.tmp).unlink()
-        backup = journal / step.backup if step.backup else None
-        if backup is not None and backup.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(backup, target)
-        elif (
+                (target.parent / step.beside).unlink()
+        if (
             step.before is None
             and step.after is not None
             and target.is_file()
@@ -370,11 +389,17 @@ def rollback(workspace: Workspace, plan_id: str) -> dict[str, Any] | None:
             and sha256_hex(target.read_bytes()) == step.after
         ):
             target.unlink()
-        touched.add(target.parent)
+            touched.add(target.parent)
     for directory in reversed(record["created_dirs"]):
         with contextlib.suppress(OSError):
             (workspace.root / directory).rmdir()
             touched.add((workspace.root / directory).parent)
+    for step in steps:
+        backup = journal / step.backup if step.backup else None
+        if backup is not None and backup.exists():
+            target = workspace.root / step.path
+            os.replace(backup, target)
+            touched.add(target.parent)
     for directory in sorted(touched):
         if directory.is_dir():
             _fsync_dir(directory)
