@@ -5,9 +5,9 @@ kept in ``.changeledger/journal/<plan id>/`` of the workspace:
 
 1. back up: every file that will be replaced or deleted gets a hard link (a copy where the
    filesystem has none) in the journal's ``originals/``;
-2. stage: every new content is written to a temporary file beside its target and fsynced;
-3. commit: deletes are unlinked and temporary files renamed over their targets; every
-   touched directory is fsynced.
+2. stage: every new content is written to a file in the journal's ``staged/`` and fsynced;
+3. commit: deletes are unlinked, new directories made, and staged files renamed over their
+   targets; every touched directory is fsynced.
 
 The journal is written and fsynced before phase 1. Rolling back (after any failure, or
 when a crashed apply's journal is found) puts each backup back with a rename, removes files
