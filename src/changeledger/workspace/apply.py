@@ -10,8 +10,8 @@ kept in ``.changeledger/journal/<plan id>/`` of the workspace:
    targets; every touched directory is fsynced.
 
 The journal is written and fsynced before phase 1. Rolling back (after any failure, or
-when a crashed apply's journal is found) puts each backup back with a rename, removes files
-the plan created and directories it made, and deletes the journal: the workspace is then
+when a crashed apply's journal is found) removes the files the plan created and the
+directories it made, puts each backup back with a rename, and deletes the journal: the workspace is then
 byte for byte what it was, whatever point the apply reached.
 """
 
