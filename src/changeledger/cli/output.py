@@ -18,7 +18,7 @@ import click
 
 from changeledger.domain.errors import ChangeLedgerError
 from changeledger.domain.models import utcnow
-from changeledger.render import FORMATS, Envelope, render
+from changeledger.render import FORMATS, Envelope, render_to
 
 
 @dataclass
@@ -88,7 +88,8 @@ def run(
         duration_ms=(time.perf_counter() - clock) * 1000.0,
         messages=tuple(messages(data) if messages else ()),
     )
-    click.echo(render(envelope, fmt), nl=False)
+    render_to(envelope, fmt, _stdout_writer())
+    _flush()
     ctx.exit(0)
 
 
@@ -140,6 +141,28 @@ def _format_in(argv: Sequence[str]) -> str:
     return "plain"
 
 
+def _stdout_writer() -> Callable[[str], None]:
+    """Write text to stdout as UTF-8; file content that is not UTF-8 keeps its bytes."""
+    stdout = sys.stdout
+    stdout.flush()
+    buffer = getattr(stdout, "buffer", None)
+
+    def write(text: str) -> None:
+        if buffer is None:
+            stdout.write(text.encode("utf-8", "replace").decode("utf-8"))
+        else:
+            buffer.write(text.encode("utf-8", "surrogateescape"))
+
+    return write
+
+
+def _flush() -> None:
+    sys.stdout.flush()
+    buffer = getattr(sys.stdout, "buffer", None)
+    if buffer is not None:
+        buffer.flush()
+
+
 def _fail(
     command: str,
     fmt: str,
@@ -164,5 +187,6 @@ def _fail(
             messages=(line,),
             error={"type": kind, "message": line},
         )
-        click.echo(render(envelope, fmt), nl=False)
+        render_to(envelope, fmt, _stdout_writer())
+        _flush()
     raise SystemExit(code)

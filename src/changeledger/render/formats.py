@@ -16,31 +16,40 @@ from typing import Any
 from changeledger.domain.errors import ValidationError
 from changeledger.render.envelope import Envelope
 
-Renderer = Callable[[Envelope], str]
+Write = Callable[[str], None]
+#: A renderer writes the envelope in its format, in as many pieces as it likes (so that a
+#: long diff streams instead of being built whole in memory).
+Renderer = Callable[[Envelope, Write], None]
 
-RENDERERS: dict[str, Renderer] = {}
+RENDERERS: dict[tuple[str, str | None], Renderer] = {}
 
 #: Formats every command takes; ``rich`` is the default on a terminal, ``plain`` elsewhere.
 FORMATS = ("plain", "rich", "json", "yaml")
 
 
-def register(name: str) -> Callable[[Renderer], Renderer]:
+def register(fmt: str, command: str | None = None) -> Callable[[Renderer], Renderer]:
+    """Register a renderer for ``fmt``: for one command, or (``None``) for every command."""
+
     def decorate(fn: Renderer) -> Renderer:
-        RENDERERS[name] = fn
+        RENDERERS[(fmt, command)] = fn
         return fn
 
     return decorate
 
 
+def render_to(envelope: Envelope, fmt: str, write: Write) -> None:
+    renderer = RENDERERS.get((fmt, envelope.command)) or RENDERERS.get((fmt, None))
+    if renderer is None:
+        names = ", ".join(sorted({f for f, _ in RENDERERS}))
+        raise ValidationError(f"unknown format {fmt!r}; use one of {names}", field="format")
+    renderer(envelope, write)
+
+
 def render(envelope: Envelope, fmt: str) -> str:
-    try:
-        renderer = RENDERERS[fmt]
-    except KeyError:
-        names = ", ".join(sorted(RENDERERS))
-        raise ValidationError(
-            f"unknown format {fmt!r}; use one of {names}", field="format"
-        ) from None
-    return renderer(envelope)
+    """The whole output as one string (for tests and small outputs)."""
+    parts: list[str] = []
+    render_to(envelope, fmt, parts.append)
+    return "".join(parts)
 
 
 def _plain_value(value: Any) -> Any:
@@ -96,33 +105,45 @@ def _text(value: Any) -> str:
 
 
 @register("json")
-def render_json(envelope: Envelope) -> str:
-    return json.dumps(jsonable(envelope.to_dict()), indent=2, ensure_ascii=False) + "\n"
+def render_json(envelope: Envelope, write: Write) -> None:
+    write(json.dumps(jsonable(envelope.to_dict()), indent=2, ensure_ascii=False) + "\n")
 
 
 @register("yaml")
-def render_yaml(envelope: Envelope) -> str:
+def render_yaml(envelope: Envelope, write: Write) -> None:
     import yaml
 
-    return yaml.safe_dump(
-        jsonable(envelope.to_dict()), sort_keys=False, allow_unicode=True, width=100
+    write(
+        yaml.safe_dump(jsonable(envelope.to_dict()), sort_keys=False, allow_unicode=True, width=100)
     )
 
 
 @register("plain")
-def render_plain(envelope: Envelope) -> str:
+def render_plain(envelope: Envelope, write: Write) -> None:
     if envelope.status != "ok":
-        return ""
+        return
     lines = [f"{key}: {value}" for key, value in flatten(jsonable(envelope.data))]
     lines.extend(envelope.messages)
-    return "\n".join(lines) + "\n" if lines else ""
+    if lines:
+        write("\n".join(lines) + "\n")
+
+
+def rich_console(write: Write) -> Any:
+    """A rich console whose output goes to ``write``, sized for a terminal."""
+    from rich.console import Console
+
+    class _Sink(io.StringIO):
+        def write(self, text: str) -> int:
+            write(text)
+            return len(text)
+
+    return Console(file=_Sink(), force_terminal=True, width=100)
 
 
 @register("rich")
-def render_rich(envelope: Envelope) -> str:
+def render_rich(envelope: Envelope, write: Write) -> None:
     if envelope.status != "ok":
-        return ""
-    from rich.console import Console
+        return
     from rich.panel import Panel
     from rich.table import Table
 
@@ -131,9 +152,7 @@ def render_rich(envelope: Envelope) -> str:
     table.add_column(overflow="fold")
     for key, value in flatten(jsonable(envelope.data)):
         table.add_row(key, value)
-    buffer = io.StringIO()
-    console = Console(file=buffer, force_terminal=True, width=100)
+    console = rich_console(write)
     console.print(Panel(table, title=f"changeledger {envelope.command}", title_align="left"))
     for message in envelope.messages:
         console.print(message)
-    return buffer.getvalue()

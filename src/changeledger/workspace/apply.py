@@ -11,8 +11,8 @@ kept in ``.changeledger/journal/<plan id>/`` of the workspace:
 
 The journal is written and fsynced before phase 1. Rolling back (after any failure, or
 when a crashed apply's journal is found) removes the files the plan created and the
-directories it made, puts each backup back with a rename, and deletes the journal: the workspace is then
-byte for byte what it was, whatever point the apply reached.
+directories it made, puts each backup back with a rename, and deletes the journal: the
+workspace is then byte for byte what it was, whatever point the apply reached.
 """
 
 from __future__ import annotations

@@ -1,0 +1,448 @@
+"""Review queries: a plan's status, diff, artifacts and audit trail, from stored contents.
+
+Diffs are computed from the blobs the ledger holds — never from hashes alone — one file at a
+time, so a plan with thousands of changes is rendered without holding every diff in memory.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from changeledger.domain.errors import MissingArtifactError
+from changeledger.domain.models import (
+    ChangeEntry,
+    ChangeOperation,
+    InvocationStatus,
+    Plan,
+    PlanState,
+    SpecChangeSet,
+    ToolInvocation,
+    looks_binary,
+)
+from changeledger.domain.store import ChangeSetStore, PlanStore
+
+#: Lines of context around each change, as git shows them.
+CONTEXT_LINES = 3
+NO_NEWLINE = "\\ No newline at end of file"
+
+
+@dataclass(frozen=True)
+class DiffHunk:
+    old_start: int
+    old_lines: int
+    new_start: int
+    new_lines: int
+    lines: tuple[str, ...]
+
+    def header(self) -> str:
+        def span(start: int, count: int) -> str:
+            return str(start) if count == 1 else f"{start},{count}"
+
+        return (
+            f"@@ -{span(self.old_start, self.old_lines)} +{span(self.new_start, self.new_lines)} @@"
+        )
+
+
+@dataclass(frozen=True)
+class FileDiff:
+    """The change of one file: net over the changeset, or of one entry with ``--entries``."""
+
+    path: str
+    old_path: str | None
+    operation: str
+    binary: bool
+    before_hash: str | None
+    after_hash: str | None
+    before_size: int | None
+    after_size: int | None
+    mode: int | None
+    insertions: int
+    deletions: int
+    hunks: tuple[DiffHunk, ...]
+    tool_name: str | None = None
+    seq: int | None = None
+    before: bytes | None = field(default=None, repr=False, compare=False)
+    after: bytes | None = field(default=None, repr=False, compare=False)
+
+
+@dataclass
+class _Track:
+    """One file's path through a changeset: where it started and where it ended."""
+
+    origin: str
+    base_hash: str | None
+    base_size: int | None
+    path: str
+    final_hash: str | None
+    final_size: int | None
+    mode: int | None
+    tool_name: str | None
+    binary: bool
+
+
+def net_files(entries: Iterable[ChangeEntry]) -> list[_Track]:
+    """Per file, its first content and path and its last ones; renames followed."""
+    tracks: list[_Track] = []
+    at: dict[str, _Track] = {}
+    for entry in entries:
+        if entry.operation is ChangeOperation.RENAME and entry.old_path is not None:
+            track = at.pop(entry.old_path, None)
+            if track is None:
+                track = _Track(
+                    entry.old_path,
+                    entry.before_hash,
+                    entry.before_size,
+                    entry.old_path,
+                    None,
+                    None,
+                    entry.mode,
+                    None,
+                    False,
+                )
+                tracks.append(track)
+            track.path = entry.path
+        else:
+            track = at.get(entry.path)
+            if track is None:
+                track = _Track(
+                    entry.path,
+                    entry.before_hash,
+                    entry.before_size,
+                    entry.path,
+                    None,
+                    None,
+                    entry.mode,
+                    None,
+                    False,
+                )
+                tracks.append(track)
+        track.final_hash = entry.after_hash
+        track.final_size = entry.after_size
+        track.mode = entry.mode
+        track.tool_name = entry.tool_name
+        track.binary = track.binary or entry.binary
+        if entry.after_hash is None:
+            at.pop(entry.path, None)
+        else:
+            at[entry.path] = track
+    return [
+        t
+        for t in tracks
+        if not (t.base_hash is None and t.final_hash is None)
+        and not (t.origin == t.path and t.base_hash == t.final_hash)
+    ]
+
+
+def text_hunks(before: bytes, after: bytes) -> tuple[tuple[DiffHunk, ...], int, int]:
+    """Unified-diff hunks between two texts, and the counts of added and removed lines."""
+    old = before.decode("utf-8", "surrogateescape").splitlines(keepends=True)
+    new = after.decode("utf-8", "surrogateescape").splitlines(keepends=True)
+    matcher = difflib.SequenceMatcher(None, old, new, autojunk=False)
+    hunks = []
+    insertions = deletions = 0
+    for group in matcher.get_grouped_opcodes(CONTEXT_LINES):
+        lines: list[str] = []
+        first, last = group[0], group[-1]
+        old_start, old_end = first[1], last[2]
+        new_start, new_end = first[3], last[4]
+        for tag, i1, i2, j1, j2 in group:
+            if tag == "equal":
+                _emit(lines, " ", old[i1:i2])
+                continue
+            if tag in ("replace", "delete"):
+                _emit(lines, "-", old[i1:i2])
+                deletions += i2 - i1
+            if tag in ("replace", "insert"):
+                _emit(lines, "+", new[j1:j2])
+                insertions += j2 - j1
+        old_count, new_count = old_end - old_start, new_end - new_start
+        hunks.append(
+            DiffHunk(
+                old_start=old_start + 1 if old_count else old_start,
+                old_lines=old_count,
+                new_start=new_start + 1 if new_count else new_start,
+                new_lines=new_count,
+                lines=tuple(lines),
+            )
+        )
+    return tuple(hunks), insertions, deletions
+
+
+def _emit(out: list[str], prefix: str, lines: Sequence[str]) -> None:
+    for line in lines:
+        if line.endswith("\n"):
+            out.append(
+                prefix + line[:-1].removesuffix("\r") + ("\r" if line.endswith("\r\n") else "")
+            )
+        else:
+            out.append(prefix + line)
+            out.append(NO_NEWLINE)
+
+
+class ReviewService:
+    """Read-only views of plans for people: status, diff, artifacts, invocations."""
+
+    def __init__(self, plans: PlanStore, changesets: ChangeSetStore) -> None:
+        self.plans = plans
+        self.changesets = changesets
+
+    def changeset(self, plan_id: str) -> tuple[Plan, SpecChangeSet | None]:
+        """The plan and its current changeset; ``MissingArtifactError`` if it was cleaned."""
+        plan = self.plans.get(plan_id)
+        return plan, self.changesets.get_for_plan(plan.id)
+
+    def diffs(
+        self,
+        changeset: SpecChangeSet,
+        *,
+        paths: Sequence[str] = (),
+        per_entry: bool = False,
+        keep_content: bool = False,
+    ) -> Iterator[FileDiff]:
+        """File diffs, net per file (or one per entry), loading contents one file at a time."""
+        if per_entry:
+            for entry in changeset.entries:
+                if _wanted(paths, entry.path, entry.old_path):
+                    yield self._diff(
+                        path=entry.path,
+                        old_path=entry.old_path,
+                        operation=entry.operation.value,
+                        before_hash=entry.before_hash,
+                        after_hash=entry.after_hash,
+                        before_size=entry.before_size,
+                        after_size=entry.after_size,
+                        mode=entry.mode,
+                        binary=entry.binary,
+                        tool_name=entry.tool_name,
+                        seq=entry.seq,
+                        keep_content=keep_content,
+                    )
+            return
+        for track in net_files(changeset.entries):
+            renamed = track.origin != track.path and track.final_hash is not None
+            if track.base_hash is None:
+                operation, path, old_path = "create", track.path, None
+            elif track.final_hash is None:
+                operation, path, old_path = "delete", track.origin, None
+            elif renamed:
+                operation, path, old_path = "rename", track.path, track.origin
+            else:
+                operation, path, old_path = "modify", track.path, None
+            if not _wanted(paths, path, old_path):
+                continue
+            yield self._diff(
+                path=path,
+                old_path=old_path,
+                operation=operation,
+                before_hash=track.base_hash,
+                after_hash=track.final_hash,
+                before_size=track.base_size,
+                after_size=track.final_size,
+                mode=track.mode,
+                binary=track.binary,
+                tool_name=track.tool_name,
+                seq=None,
+                keep_content=keep_content,
+            )
+
+    def _diff(
+        self,
+        *,
+        path: str,
+        old_path: str | None,
+        operation: str,
+        before_hash: str | None,
+        after_hash: str | None,
+        before_size: int | None,
+        after_size: int | None,
+        mode: int | None,
+        binary: bool,
+        tool_name: str | None,
+        seq: int | None,
+        keep_content: bool,
+    ) -> FileDiff:
+        before = self._blob(before_hash, path, "before")
+        after = self._blob(after_hash, path, "after")
+        binary = binary or any(looks_binary(c) for c in (before, after) if c is not None)
+        hunks: tuple[DiffHunk, ...] = ()
+        insertions = deletions = 0
+        if not binary:
+            hunks, insertions, deletions = text_hunks(before or b"", after or b"")
+        return FileDiff(
+            path=path,
+            old_path=old_path,
+            operation=operation,
+            binary=binary,
+            before_hash=before_hash,
+            after_hash=after_hash,
+            before_size=before_size,
+            after_size=after_size,
+            mode=mode,
+            insertions=insertions,
+            deletions=deletions,
+            hunks=hunks,
+            tool_name=tool_name,
+            seq=seq,
+            before=before if keep_content else None,
+            after=after if keep_content else None,
+        )
+
+    def _blob(self, digest: str | None, path: str, side: str) -> bytes | None:
+        if digest is None:
+            return None
+        try:
+            return self.changesets.read_blob(digest)
+        except MissingArtifactError as exc:
+            raise MissingArtifactError(
+                f"the {side} content of {path} (blob {digest}) is missing from the ledger; "
+                "the database may be damaged or the plan cleaned up"
+            ) from exc
+
+    def status(self, plan_id: str) -> dict[str, Any]:
+        """The plan's state, times, counts, error and apply result."""
+        plan = self.plans.get(plan_id)
+        data: dict[str, Any] = {
+            "plan_id": plan.id,
+            "title": plan.title,
+            "state": plan.state.value,
+            "workspace": plan.workspace,
+            "created_at": plan.created_at,
+            "updated_at": plan.updated_at,
+            "changeset_id": plan.current_changeset_id,
+            "execution": None,
+            "error": None
+            if plan.error is None
+            else {"message": plan.error.message, "details": dict(plan.error.details)},
+            "apply": _apply_result(plan),
+            "artifacts": "none",
+        }
+        if plan.current_changeset_id is None:
+            data["execution"] = _execution([], ())
+            return data
+        try:
+            changeset = self.changesets.get(plan.current_changeset_id)
+        except MissingArtifactError as exc:
+            if plan.state in (PlanState.CANCELLED, PlanState.APPLY_FAILED, PlanState.APPLIED):
+                data["artifacts"] = f"cleaned up: {exc.message}"
+                return data
+            raise
+        files = list(self.diffs(changeset))
+        data["execution"] = _execution(files, changeset.invocations)
+        data["artifacts"] = "present"
+        return data
+
+    def artifacts(self, plan_id: str) -> dict[str, Any]:
+        plan, changeset = self.changeset(plan_id)
+        rows = []
+        summary = {"total": 0, "creates": 0, "modifies": 0, "deletes": 0, "renames": 0}
+        total_size = 0
+        for diff in self.diffs(changeset) if changeset else ():
+            size = diff.after_size or 0
+            rows.append(
+                {
+                    "path": diff.path,
+                    "old_path": diff.old_path,
+                    "operation": diff.operation,
+                    "size": size,
+                    "insertions": diff.insertions,
+                    "deletions": diff.deletions,
+                    "binary": diff.binary,
+                    "tool_name": diff.tool_name,
+                }
+            )
+            summary["total"] += 1
+            summary[diff.operation + "s"] += 1
+            total_size += size
+        return {
+            "plan_id": plan.id,
+            "changeset_id": changeset.id if changeset else None,
+            "artifacts": rows,
+            "summary": {**summary, "total_size": total_size},
+        }
+
+    def invocations(
+        self, plan_id: str, *, tool: str | None = None, errors: bool = False
+    ) -> dict[str, Any]:
+        plan, changeset = self.changeset(plan_id)
+        calls = changeset.invocations if changeset else ()
+        chosen = [
+            i
+            for i in calls
+            if (tool is None or i.tool_name == tool)
+            and (not errors or i.status is InvocationStatus.ERROR)
+        ]
+        return {
+            "plan_id": plan.id,
+            "changeset_id": changeset.id if changeset else None,
+            "invocations": [_invocation(i) for i in chosen],
+            "count": len(chosen),
+        }
+
+
+def _wanted(globs: Sequence[str], path: str, old_path: str | None) -> bool:
+    if not globs:
+        return True
+    return any(fnmatch.fnmatchcase(p, g) for g in globs for p in (path, old_path) if p is not None)
+
+
+def _execution(files: Sequence[FileDiff], calls: Sequence[ToolInvocation]) -> dict[str, int]:
+    return {
+        "tool_calls": len(calls),
+        "tool_errors": sum(c.status is InvocationStatus.ERROR for c in calls),
+        "files_changed": len(files),
+        "insertions": sum(f.insertions for f in files),
+        "deletions": sum(f.deletions for f in files),
+    }
+
+
+def _apply_result(plan: Plan) -> dict[str, Any] | None:
+    if plan.state is PlanState.APPLIED:
+        return {"result": "applied", "at": plan.updated_at}
+    if plan.state is PlanState.APPLY_FAILED:
+        return {"result": "failed", "at": plan.updated_at}
+    if plan.state is PlanState.APPLYING:
+        return {"result": "in progress", "at": plan.updated_at}
+    return None
+
+
+def _invocation(call: ToolInvocation) -> dict[str, Any]:
+    return {
+        "id": call.id,
+        "seq": call.seq,
+        "tool_name": call.tool_name,
+        "arguments": dict(call.arguments),
+        "result": call.result,
+        "status": call.status.value,
+        "error": None
+        if call.status is InvocationStatus.OK
+        else {"type": call.error_type, "message": call.error_message},
+        "started_at": call.started_at,
+        "duration_ms": round(call.duration_ms, 3),
+        "change_ids": list(call.change_ids),
+    }
+
+
+def summarize(files: Iterable[FileDiff]) -> dict[str, int]:
+    """The diff summary of DESIGN.md."""
+    out = {
+        "files_changed": 0,
+        "insertions": 0,
+        "deletions": 0,
+        "creates": 0,
+        "modifies": 0,
+        "deletes": 0,
+        "renames": 0,
+    }
+    for diff in files:
+        out["files_changed"] += 1
+        out["insertions"] += diff.insertions
+        out["deletions"] += diff.deletions
+        out[diff.operation + "s"] += 1
+    return out
+
+
+__all__ = ["DiffHunk", "FileDiff", "ReviewService", "net_files", "summarize"]
