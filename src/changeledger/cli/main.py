@@ -11,6 +11,7 @@ import click
 from changeledger import __version__, logs
 from changeledger.cli import db as db_commands
 from changeledger.cli import plan as plan_commands
+from changeledger.cli import review as review_commands
 from changeledger.cli.output import CliState, LedgerGroup, format_option, run
 from changeledger.constants import ENV_DB
 
@@ -82,6 +83,8 @@ def gc(ctx: click.Context, fmt: str | None) -> None:
 
 cli.add_command(db_commands.db)
 cli.add_command(plan_commands.plan)
+for _command in review_commands.COMMANDS:
+    plan_commands.plan.add_command(_command)
 
 
 def main() -> None:

@@ -54,12 +54,33 @@ def run(
     fmt = fmt or default_format()
     started = utcnow()
     clock = time.perf_counter()
+    started_output = False
     try:
         data = body()
+        envelope = Envelope(
+            command=command,
+            status="ok",
+            exit_code=0,
+            data=data,
+            started=started,
+            duration_ms=(time.perf_counter() - clock) * 1000.0,
+            messages=tuple(messages(data) if messages else ()),
+        )
+        write = _stdout_writer()
+
+        def tracked(text: str) -> None:
+            nonlocal started_output
+            started_output = True
+            write(text)
+
+        # Renderers may stream (a long diff), so errors while rendering count too.
+        render_to(envelope, fmt, tracked)
+        _flush()
     except ChangeLedgerError as exc:
+        _flush()
         _fail(
             command,
-            fmt,
+            "plain" if started_output else fmt,
             started,
             clock,
             code=exc.exit_code,
@@ -72,24 +93,13 @@ def run(
             traceback.print_exc()
         _fail(
             command,
-            fmt,
+            "plain" if started_output else fmt,
             started,
             clock,
             code=1,
             kind=type(exc).__name__,
             message=f"internal error: {exc} (run with --debug for the traceback)",
         )
-    envelope = Envelope(
-        command=command,
-        status="ok",
-        exit_code=0,
-        data=data,
-        started=started,
-        duration_ms=(time.perf_counter() - clock) * 1000.0,
-        messages=tuple(messages(data) if messages else ()),
-    )
-    render_to(envelope, fmt, _stdout_writer())
-    _flush()
     ctx.exit(0)
 
 

@@ -7,7 +7,7 @@ They are thread-safe but, of course, not durable.
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
@@ -218,6 +218,11 @@ class InMemoryChangeSetStore:
                 return self._blobs[key]
             except KeyError:
                 raise MissingArtifactError(f"blob {key} is missing from the ledger") from None
+
+    def missing_blobs(self, digests: Iterable[str]) -> list[str]:
+        wanted = {check_digest(d) for d in digests}
+        with self._lock:
+            return sorted(d for d in wanted if d not in self._blobs)
 
     def delete_for_plan(self, plan_id: str) -> CleanupResult:
         plan = self.plans.get(plan_id)

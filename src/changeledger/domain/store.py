@@ -8,7 +8,7 @@ an SQL implementation in ``changeledger.storage`` and an in-memory one in
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Protocol, runtime_checkable
 
 from changeledger.domain.models import (
@@ -92,6 +92,10 @@ class ChangeSetStore(Protocol):
 
     def read_blob(self, digest: str) -> bytes:
         """Content by SHA-256, or ``MissingArtifactError`` when it is gone."""
+        ...
+
+    def missing_blobs(self, digests: Iterable[str]) -> list[str]:
+        """Those of ``digests`` whose content is not in the ledger, sorted."""
         ...
 
     def delete_for_plan(self, plan_id: str) -> CleanupResult:

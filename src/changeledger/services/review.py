@@ -28,6 +28,7 @@ from changeledger.domain.store import ChangeSetStore, PlanStore
 #: Lines of context around each change, as git shows them.
 CONTEXT_LINES = 3
 NO_NEWLINE = "\\ No newline at end of file"
+PLURAL = {"create": "creates", "modify": "modifies", "delete": "deletes", "rename": "renames"}
 
 
 @dataclass(frozen=True)
@@ -191,9 +192,25 @@ class ReviewService:
         self.changesets = changesets
 
     def changeset(self, plan_id: str) -> tuple[Plan, SpecChangeSet | None]:
-        """The plan and its current changeset; ``MissingArtifactError`` if it was cleaned."""
+        """The plan and its current changeset, every blob it names checked present.
+
+        ``MissingArtifactError`` names what is gone: a cleaned-up changeset, or a blob.
+        """
         plan = self.plans.get(plan_id)
-        return plan, self.changesets.get_for_plan(plan.id)
+        changeset = self.changesets.get_for_plan(plan.id)
+        if changeset is not None:
+            digests = {d for e in changeset.entries for d in (e.before_hash, e.after_hash) if d}
+            missing = self.changesets.missing_blobs(digests)
+            if missing:
+                entry = next(
+                    e for e in changeset.entries if missing[0] in (e.before_hash, e.after_hash)
+                )
+                raise MissingArtifactError(
+                    f"{len(missing)} stored content(s) of plan {plan.id} are missing, e.g. "
+                    f"blob {missing[0]} of {entry.path} (entry {entry.seq}); the ledger "
+                    "database is damaged"
+                )
+        return plan, changeset
 
     def diffs(
         self,
@@ -222,7 +239,7 @@ class ReviewService:
                         keep_content=keep_content,
                     )
             return
-        for track in net_files(changeset.entries):
+        for track in sorted(net_files(changeset.entries), key=lambda t: t.path):
             renamed = track.origin != track.path and track.final_hash is not None
             if track.base_hash is None:
                 operation, path, old_path = "create", track.path, None
@@ -355,7 +372,7 @@ class ReviewService:
                 }
             )
             summary["total"] += 1
-            summary[diff.operation + "s"] += 1
+            summary[PLURAL[diff.operation]] += 1
             total_size += size
         return {
             "plan_id": plan.id,
@@ -441,7 +458,7 @@ def summarize(files: Iterable[FileDiff]) -> dict[str, int]:
         out["files_changed"] += 1
         out["insertions"] += diff.insertions
         out["deletions"] += diff.deletions
-        out[diff.operation + "s"] += 1
+        out[PLURAL[diff.operation]] += 1
     return out
 
 

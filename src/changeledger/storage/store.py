@@ -7,7 +7,7 @@ sequence numbers it hands out are gapless and unique however many writers there 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from typing import Any, NoReturn
 
@@ -52,6 +52,7 @@ from changeledger.storage.repositories import (
 from changeledger.storage.retry import database_retry
 from changeledger.storage.session import SessionFactory, UnitOfWork
 from changeledger.storage.tables import (
+    EXISTING_BLOBS,
     FAST_INSERT_ENTRY,
     FAST_INSERT_INVOCATION,
     FAST_RESERVE,
@@ -229,6 +230,16 @@ class SqlChangeSetStore:
         key = check_digest(digest)
         with self._uow.read() as session:
             return blobs.get_blob(session, key)
+
+    @database_retry("check blobs")
+    def missing_blobs(self, digests: Iterable[str]) -> list[str]:
+        wanted = sorted({check_digest(d) for d in digests})
+        present: set[str] = set()
+        with self._uow.connect(write=False) as conn:
+            for start in range(0, len(wanted), 500):
+                chunk = wanted[start : start + 500]
+                present.update(conn.scalars(EXISTING_BLOBS, {"hashes": chunk}))
+        return [d for d in wanted if d not in present]
 
     @database_retry("clean up a plan's changesets")
     def delete_for_plan(self, plan_id: str) -> CleanupResult:
