@@ -430,3 +430,26 @@ def test_a_patch_that_does_not_fit_stages_nothing(
     changeset = service.changesets.get_for_plan(plan.id)
     assert changeset is not None
     assert changeset.entries == ()
+
+
+def test_files_are_created_next_to_existing_ones_in_nested_directories(
+    service: PlanService, workspace: Path
+) -> None:
+    (workspace / "src" / "pkg").mkdir()
+    (workspace / "src" / "pkg" / "mod.py").write_text("x = 1\n")
+    plan = service.create("nested", workspace)
+    with service.execute(plan.id) as run:
+        run.call("write_file", {"path": "src/b.py", "content": "b\n"})
+        run.call("write_file", {"path": "src/pkg/c.py", "content": "c\n"})
+        run.call("write_file", {"path": "src/pkg/deeper/d.py", "content": "d\n"})
+        run.call("move_file", {"src": "src/app.py", "dst": "src/pkg/app.py"})
+        listed = run.call("list_files", {"pattern": "src/*"})
+    assert listed.value == {
+        "files": [
+            "src/b.py",
+            "src/pkg/app.py",
+            "src/pkg/c.py",
+            "src/pkg/deeper/d.py",
+            "src/pkg/mod.py",
+        ]
+    }

@@ -7,7 +7,8 @@ from typing import Any
 
 import click
 
-import changeledger.render.diff  # noqa: F401 - registers the diff renderers
+import changeledger.render.diff
+import changeledger.render.review  # noqa: F401 - registers the rich review renderers
 from changeledger.cli.common import open_ledger
 from changeledger.cli.output import format_option, run
 from changeledger.render import FORMATS

@@ -195,11 +195,19 @@ class StagedView:
         parts = rel.split("/")
         for index in range(1, len(parts)):
             parent = "/".join(parts[:index])
-            if self.state(parent) is not None:
+            if self._is_file(parent):
                 raise WorkspaceError(
                     f"cannot create {rel!r}: {parent!r} is a file, not a directory",
                     field="path",
                 )
+
+    def _is_file(self, rel: str) -> bool:
+        """True when ``rel`` is a file in the staged view (a directory is not)."""
+        staged = self._overlay.get(rel, _MISSING)
+        if staged is not _MISSING:
+            return staged is not None
+        target = self.workspace.locate(rel)
+        return target.is_file() or target.is_symlink()
 
     def _is_dir(self, rel: str) -> bool:
         prefix = rel + "/"
