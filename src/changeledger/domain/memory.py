@@ -219,6 +219,9 @@ class InMemoryChangeSetStore:
             except KeyError:
                 raise MissingArtifactError(f"blob {key} is missing from the ledger") from None
 
+    def read_blobs(self, digests: Iterable[str]) -> dict[str, bytes]:
+        return {digest: self.read_blob(digest) for digest in set(digests)}
+
     def missing_blobs(self, digests: Iterable[str]) -> list[str]:
         wanted = {check_digest(d) for d in digests}
         with self._lock:

@@ -94,6 +94,10 @@ class ChangeSetStore(Protocol):
         """Content by SHA-256, or ``MissingArtifactError`` when it is gone."""
         ...
 
+    def read_blobs(self, digests: Iterable[str]) -> dict[str, bytes]:
+        """Several contents at once; ``MissingArtifactError`` if any is gone."""
+        ...
+
     def missing_blobs(self, digests: Iterable[str]) -> list[str]:
         """Those of ``digests`` whose content is not in the ledger, sorted."""
         ...

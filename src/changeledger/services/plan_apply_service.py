@@ -107,11 +107,9 @@ class PlanApplyService:
                     f"written. {len(conflicts)} conflicting path(s): "
                     + "; ".join(c.describe() for c in conflicts)
                 )
-            contents = {
-                c.after_hash: self.changesets.read_blob(c.after_hash)
-                for c in selected
-                if c.after_hash is not None
-            }
+            contents = self.changesets.read_blobs(
+                c.after_hash for c in selected if c.after_hash is not None
+            )
             self.plans.transition(plan.id, PlanState.APPLYING)
             applier = Applier(workspace, plan.id, keep_artifacts=keep_artifacts)
             try:

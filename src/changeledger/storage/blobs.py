@@ -78,6 +78,22 @@ def get_blob(session: Session, digest: str) -> bytes:
             f"blob {digest} is missing from the ledger (cleaned up, or the database is damaged)"
         )
     compression, data, size = row
+    return _decode(digest, compression, data, size)
+
+
+def get_blobs(conn: Connection, digests: list[str]) -> dict[str, bytes]:
+    """The contents of those ``digests`` that are stored, each verified."""
+    rows = conn.execute(
+        select(BlobModel.hash, BlobModel.compression, BlobModel.data, BlobModel.size).where(
+            BlobModel.hash.in_(digests)
+        )
+    )
+    return {
+        digest: _decode(digest, compression, data, size) for digest, compression, data, size in rows
+    }
+
+
+def _decode(digest: str, compression: str, data: bytes, size: int) -> bytes:
     try:
         content = zlib.decompress(data) if compression == "zlib" else bytes(data)
     except zlib.error as exc:

@@ -231,6 +231,21 @@ class SqlChangeSetStore:
         with self._uow.read() as session:
             return blobs.get_blob(session, key)
 
+    @database_retry("read blobs")
+    def read_blobs(self, digests: Iterable[str]) -> dict[str, bytes]:
+        wanted = sorted({check_digest(d) for d in digests})
+        found: dict[str, bytes] = {}
+        with self._uow.connect(write=False) as conn:
+            for start in range(0, len(wanted), 500):
+                found.update(blobs.get_blobs(conn, wanted[start : start + 500]))
+        missing = [d for d in wanted if d not in found]
+        if missing:
+            raise MissingArtifactError(
+                f"blob {missing[0]} is missing from the ledger "
+                f"({len(missing)} of {len(wanted)} asked for)"
+            )
+        return found
+
     @database_retry("check blobs")
     def missing_blobs(self, digests: Iterable[str]) -> list[str]:
         wanted = sorted({check_digest(d) for d in digests})
