@@ -28,6 +28,8 @@ from changeledger.domain.store import ChangeSetStore, PlanStore
 #: Lines of context around each change, as git shows them.
 CONTEXT_LINES = 3
 NO_NEWLINE = "\\ No newline at end of file"
+#: Files whose contents are read from the ledger in one query while diffing.
+BLOB_BATCH = 64
 PLURAL = {"create": "creates", "modify": "modifies", "delete": "deletes", "rename": "renames"}
 
 
@@ -220,25 +222,37 @@ class ReviewService:
         per_entry: bool = False,
         keep_content: bool = False,
     ) -> Iterator[FileDiff]:
-        """File diffs, net per file (or one per entry), loading contents one file at a time."""
-        if per_entry:
-            for entry in changeset.entries:
-                if _wanted(paths, entry.path, entry.old_path):
-                    yield self._diff(
-                        path=entry.path,
-                        old_path=entry.old_path,
-                        operation=entry.operation.value,
-                        before_hash=entry.before_hash,
-                        after_hash=entry.after_hash,
-                        before_size=entry.before_size,
-                        after_size=entry.after_size,
-                        mode=entry.mode,
-                        binary=entry.binary,
-                        tool_name=entry.tool_name,
-                        seq=entry.seq,
-                        keep_content=keep_content,
-                    )
-            return
+        """File diffs, net per file (or one per entry), reading contents a batch at a time."""
+        items = self._entry_items(changeset) if per_entry else self._net_items(changeset)
+        wanted = [item for item in items if _wanted(paths, item["path"], item["old_path"])]
+        for start in range(0, len(wanted), BLOB_BATCH):
+            batch = wanted[start : start + BLOB_BATCH]
+            contents = self._blobs(batch)
+            for item in batch:
+                yield self._diff(item, contents, keep_content=keep_content)
+
+    @staticmethod
+    def _entry_items(changeset: SpecChangeSet) -> list[dict[str, Any]]:
+        return [
+            {
+                "path": e.path,
+                "old_path": e.old_path,
+                "operation": e.operation.value,
+                "before_hash": e.before_hash,
+                "after_hash": e.after_hash,
+                "before_size": e.before_size,
+                "after_size": e.after_size,
+                "mode": e.mode,
+                "binary": e.binary,
+                "tool_name": e.tool_name,
+                "seq": e.seq,
+            }
+            for e in changeset.entries
+        ]
+
+    @staticmethod
+    def _net_items(changeset: SpecChangeSet) -> list[dict[str, Any]]:
+        items = []
         for track in sorted(net_files(changeset.entries), key=lambda t: t.path):
             renamed = track.origin != track.path and track.final_hash is not None
             if track.base_hash is None:
@@ -249,75 +263,67 @@ class ReviewService:
                 operation, path, old_path = "rename", track.path, track.origin
             else:
                 operation, path, old_path = "modify", track.path, None
-            if not _wanted(paths, path, old_path):
-                continue
-            yield self._diff(
-                path=path,
-                old_path=old_path,
-                operation=operation,
-                before_hash=track.base_hash,
-                after_hash=track.final_hash,
-                before_size=track.base_size,
-                after_size=track.final_size,
-                mode=track.mode,
-                binary=track.binary,
-                tool_name=track.tool_name,
-                seq=None,
-                keep_content=keep_content,
+            items.append(
+                {
+                    "path": path,
+                    "old_path": old_path,
+                    "operation": operation,
+                    "before_hash": track.base_hash,
+                    "after_hash": track.final_hash,
+                    "before_size": track.base_size,
+                    "after_size": track.final_size,
+                    "mode": track.mode,
+                    "binary": track.binary,
+                    "tool_name": track.tool_name,
+                    "seq": None,
+                }
             )
+        return items
 
-    def _diff(
-        self,
-        *,
-        path: str,
-        old_path: str | None,
-        operation: str,
-        before_hash: str | None,
-        after_hash: str | None,
-        before_size: int | None,
-        after_size: int | None,
-        mode: int | None,
-        binary: bool,
-        tool_name: str | None,
-        seq: int | None,
-        keep_content: bool,
-    ) -> FileDiff:
-        before = self._blob(before_hash, path, "before")
-        after = self._blob(after_hash, path, "after")
-        binary = binary or any(looks_binary(c) for c in (before, after) if c is not None)
+    def _blobs(self, items: Sequence[dict[str, Any]]) -> dict[str, bytes]:
+        digests = {d for i in items for d in (i["before_hash"], i["after_hash"]) if d}
+        try:
+            return self.changesets.read_blobs(digests)
+        except MissingArtifactError:
+            for item in items:  # name the file whose content is gone
+                for side in ("before", "after"):
+                    digest = item[f"{side}_hash"]
+                    if digest and self.changesets.missing_blobs([digest]):
+                        raise MissingArtifactError(
+                            f"the {side} content of {item['path']} (blob {digest}) is "
+                            "missing from the ledger; the database may be damaged"
+                        ) from None
+            raise
+
+    @staticmethod
+    def _diff(item: dict[str, Any], contents: dict[str, bytes], *, keep_content: bool) -> FileDiff:
+        before = contents.get(item["before_hash"]) if item["before_hash"] else None
+        after = contents.get(item["after_hash"]) if item["after_hash"] else None
+        binary = bool(item["binary"]) or any(
+            looks_binary(c) for c in (before, after) if c is not None
+        )
         hunks: tuple[DiffHunk, ...] = ()
         insertions = deletions = 0
         if not binary:
             hunks, insertions, deletions = text_hunks(before or b"", after or b"")
         return FileDiff(
-            path=path,
-            old_path=old_path,
-            operation=operation,
+            path=item["path"],
+            old_path=item["old_path"],
+            operation=item["operation"],
             binary=binary,
-            before_hash=before_hash,
-            after_hash=after_hash,
-            before_size=before_size,
-            after_size=after_size,
-            mode=mode,
+            before_hash=item["before_hash"],
+            after_hash=item["after_hash"],
+            before_size=item["before_size"],
+            after_size=item["after_size"],
+            mode=item["mode"],
             insertions=insertions,
             deletions=deletions,
             hunks=hunks,
-            tool_name=tool_name,
-            seq=seq,
+            tool_name=item["tool_name"],
+            seq=item["seq"],
             before=before if keep_content else None,
             after=after if keep_content else None,
         )
-
-    def _blob(self, digest: str | None, path: str, side: str) -> bytes | None:
-        if digest is None:
-            return None
-        try:
-            return self.changesets.read_blob(digest)
-        except MissingArtifactError as exc:
-            raise MissingArtifactError(
-                f"the {side} content of {path} (blob {digest}) is missing from the ledger; "
-                "the database may be damaged or the plan cleaned up"
-            ) from exc
 
     def status(self, plan_id: str) -> dict[str, Any]:
         """The plan's state, times, counts, error and apply result."""

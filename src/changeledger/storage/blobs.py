@@ -9,7 +9,7 @@ from typing import Any, cast
 from sqlalchemy import Connection, CursorResult, delete, exists, or_, select
 from sqlalchemy.orm import Session
 
-from changeledger.domain.errors import MissingArtifactError, StorageError
+from changeledger.domain.errors import StorageError
 from changeledger.domain.models import sha256_hex, utcnow
 from changeledger.storage.models import BlobModel, ChangeSetEntryModel
 from changeledger.storage.tables import EXISTING_BLOBS, FAST_INSERT_BLOB, insert_blob
@@ -64,21 +64,6 @@ def put_blobs(conn: Connection, contents: Iterable[tuple[str, bytes]]) -> None:
         FAST_INSERT_BLOB.executemany(conn, rows)
     else:
         conn.execute(insert_blob(conn.dialect.name), rows)
-
-
-def get_blob(session: Session, digest: str) -> bytes:
-    """The content stored under ``digest``; raise when it is missing or damaged."""
-    row = session.execute(
-        select(BlobModel.compression, BlobModel.data, BlobModel.size).where(
-            BlobModel.hash == digest
-        )
-    ).one_or_none()
-    if row is None:
-        raise MissingArtifactError(
-            f"blob {digest} is missing from the ledger (cleaned up, or the database is damaged)"
-        )
-    compression, data, size = row
-    return _decode(digest, compression, data, size)
 
 
 def get_blobs(conn: Connection, digests: list[str]) -> dict[str, bytes]:

@@ -228,8 +228,13 @@ class SqlChangeSetStore:
     @database_retry("read a blob")
     def read_blob(self, digest: str) -> bytes:
         key = check_digest(digest)
-        with self._uow.read() as session:
-            return blobs.get_blob(session, key)
+        with self._uow.connect(write=False) as conn:
+            found = blobs.get_blobs(conn, [key])
+        if key not in found:
+            raise MissingArtifactError(
+                f"blob {key} is missing from the ledger (cleaned up, or the database is damaged)"
+            )
+        return found[key]
 
     @database_retry("read blobs")
     def read_blobs(self, digests: Iterable[str]) -> dict[str, bytes]:
