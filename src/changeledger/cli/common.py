@@ -18,12 +18,10 @@ if TYPE_CHECKING:
 @contextmanager
 def open_ledger(ctx: click.Context) -> Iterator[Ledger]:
     """The ledger the user pointed at, after rolling back any apply a crash interrupted."""
-    from changeledger.services.plan_apply_service import PlanApplyService
     from changeledger.storage.ledger import Ledger
 
     state = ctx.find_object(CliState)
     with Ledger.open(state.db if state else None, create=False) as ledger:
-        PlanApplyService(ledger.plans, ledger.changesets).recover_all()
         yield ledger
 
 

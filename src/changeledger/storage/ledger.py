@@ -63,11 +63,13 @@ class Ledger:
         cwd: Path | None = None,
         migrate: bool = True,
         create: bool = True,
+        recover: bool = True,
     ) -> Ledger:
         """Open ``db`` (URL or SQLite path), else ``$CHANGELEDGER_DB``, else the one above cwd.
 
         With ``create=False`` a SQLite file that does not exist is a ``NotFoundError``
-        instead of a new, empty ledger.
+        instead of a new, empty ledger. With ``recover`` (the default), any apply that a
+        crash interrupted in a workspace on this machine is rolled back first.
         """
         if isinstance(db, os.PathLike):
             db = sqlite_url(Path(db))
@@ -76,10 +78,16 @@ class Ledger:
             require_existing(url)
         engine = create_ledger_engine(url)
         try:
-            return cls(engine, migrate=migrate)
+            ledger = cls(engine, migrate=migrate)
+            if recover:
+                # The services layer owns apply; importing it here keeps opening one call.
+                from changeledger.services.plan_apply_service import PlanApplyService
+
+                PlanApplyService(ledger.plans, ledger.changesets).recover_all()
         except BaseException:
             engine.dispose()
             raise
+        return ledger
 
     @classmethod
     def init(cls, root: Path, db: str | None = None) -> Ledger:
