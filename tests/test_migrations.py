@@ -140,6 +140,6 @@ def test_alembic_check_through_the_real_cli(sqlite_db: URL) -> None:
 
 def test_a_ledger_with_several_schema_heads_is_refused(sqlite_db: URL) -> None:
     with Ledger.open(sqlite_db) as ledger, ledger.engine.begin() as conn:
-        conn.execute(text("INSERT INTO alembic_version (version_num) VALUES ('0002')"))
+        conn.execute(text("INSERT INTO alembic_version (version_num) VALUES ('0001')"))
     with pytest.raises(StorageError, match="several heads"):
         Ledger.open(sqlite_db)

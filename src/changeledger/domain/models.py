@@ -159,6 +159,7 @@ class FileChange:
     mode: int | None = None
     tool_invocation_id: str | None = None
     tool_name: str | None = None
+    before_mode: int | None = None
 
     def validated(self) -> FileChange:
         """Return a copy with normalised paths, or raise ``ValidationError``."""
@@ -182,8 +183,9 @@ class FileChange:
         invocation_id = None
         if self.tool_invocation_id is not None:
             invocation_id = check_id(self.tool_invocation_id, "tool_invocation_id")
-        if self.mode is not None and not is_permission_mode(self.mode):
-            raise ValidationError(f"mode {self.mode!r} is not a permission mode", field="mode")
+        for name, value in (("mode", self.mode), ("before_mode", self.before_mode)):
+            if value is not None and not is_permission_mode(value):
+                raise ValidationError(f"{name} {value!r} is not a permission mode", field=name)
         return replace(
             self, operation=op, path=path, old_path=old_path, tool_invocation_id=invocation_id
         )
@@ -237,6 +239,8 @@ class ChangeEntry:
     tool_invocation_id: str | None
     tool_name: str | None
     created_at: datetime
+    #: Permission bits before the change, when known (``mode`` is the bits after it).
+    before_mode: int | None = None
 
 
 @dataclass(frozen=True)
@@ -388,4 +392,5 @@ def build_entry(
         tool_invocation_id=change.tool_invocation_id,
         tool_name=change.tool_name,
         created_at=created_at,
+        before_mode=change.before_mode,
     )

@@ -40,13 +40,45 @@ def similarity(diff: FileDiff) -> int:
     return min(99, round(100 * kept / max(old_lines, new_lines)))
 
 
+def _git_mode(mode: int | None) -> str:
+    return "100755" if mode is not None and mode & 0o111 else "100644"
+
+
 def _mode(diff: FileDiff) -> str:
-    return "100755" if diff.mode is not None and diff.mode & 0o111 else "100644"
+    return _git_mode(diff.mode)
+
+
+def _mode_lines(diff: FileDiff) -> list[str]:
+    """``old mode``/``new mode`` when the exec bit changed (the only bit git keeps)."""
+    if diff.operation not in ("modify", "rename") or diff.old_mode is None:
+        return []
+    old, new = _git_mode(diff.old_mode), _git_mode(diff.mode)
+    return [] if old == new else [f"old mode {old}", f"new mode {new}"]
+
+
+_ESCAPES = {'"': '\\"', "\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"}
+
+
+def quote(prefix: str, path: str) -> str:
+    """``prefix + path`` quoted the way git quotes names with special characters."""
+    name = prefix + path
+    if not any(c in _ESCAPES or ord(c) < 0x20 or ord(c) == 0x7F for c in name):
+        return name
+    out = []
+    for char in name:
+        if char in _ESCAPES:
+            out.append(_ESCAPES[char])
+        elif ord(char) < 0x20 or ord(char) == 0x7F:
+            out.append(f"\\{ord(char):03o}")
+        else:
+            out.append(char)
+    return '"' + "".join(out) + '"'
 
 
 def _header(diff: FileDiff, *, full_index: bool) -> list[str]:
     old = diff.old_path or diff.path
-    lines = [f"diff --git a/{old} b/{diff.path}"]
+    lines = [f"diff --git {quote('a/', old)} {quote('b/', diff.path)}"]
+    lines += _mode_lines(diff)
     if diff.operation == "create":
         lines.append(f"new file mode {_mode(diff)}")
     elif diff.operation == "delete":
@@ -54,21 +86,22 @@ def _header(diff: FileDiff, *, full_index: bool) -> list[str]:
     elif diff.operation == "rename":
         lines += [
             f"similarity index {similarity(diff)}%",
-            f"rename from {old}",
-            f"rename to {diff.path}",
+            f"rename from {quote('', old)}",
+            f"rename to {quote('', diff.path)}",
         ]
     if diff.before_hash != diff.after_hash:
         before, after = git_blob_id(diff.before), git_blob_id(diff.after)
         if not full_index:
             before, after = before[:7], after[:7]
-        suffix = f" {_mode(diff)}" if diff.operation in ("modify", "rename") else ""
+        same_mode = not _mode_lines(diff)
+        suffix = f" {_mode(diff)}" if diff.operation in ("modify", "rename") and same_mode else ""
         lines.append(f"index {before}..{after}{suffix}")
     return lines
 
 
 def _names(diff: FileDiff) -> list[str]:
-    old = "/dev/null" if diff.operation == "create" else f"a/{diff.old_path or diff.path}"
-    new = "/dev/null" if diff.operation == "delete" else f"b/{diff.path}"
+    old = "/dev/null" if diff.operation == "create" else quote("a/", diff.old_path or diff.path)
+    new = "/dev/null" if diff.operation == "delete" else quote("b/", diff.path)
     return [f"--- {old}", f"+++ {new}"]
 
 
@@ -206,7 +239,12 @@ def render_patch(envelope: Envelope, write: Write) -> None:
         write(patch_text(diff))
 
 
-def file_data(diff: FileDiff) -> dict[str, Any]:
+def _unicode(line: str) -> str:
+    """A diff line as valid Unicode: bytes that are not UTF-8 appear as \\xNN escapes."""
+    return line.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def file_data(diff: FileDiff, *, hunks: bool = True) -> dict[str, Any]:
     """A file of the diff as JSON/YAML data (DESIGN.md's ``files[]``)."""
     data: dict[str, Any] = {
         "path": diff.path,
@@ -226,9 +264,9 @@ def file_data(diff: FileDiff) -> dict[str, Any]:
                 "old_lines": h.old_lines,
                 "new_start": h.new_start,
                 "new_lines": h.new_lines,
-                "lines": list(h.lines),
+                "lines": [_unicode(line) for line in h.lines],
             }
-            for h in diff.hunks
+            for h in (diff.hunks if hunks else ())
         ],
     }
     if diff.seq is not None:
@@ -257,7 +295,8 @@ def render_json_diff(envelope: Envelope, write: Write) -> None:
     )
     seen: list[FileDiff] = []
     for index, diff in enumerate(_counting(_files(envelope), seen)):
-        write(("," if index else "") + "\n" + json.dumps(file_data(diff), ensure_ascii=False))
+        data = file_data(diff, hunks=not envelope.data.get("stat"))
+        write(("," if index else "") + "\n" + json.dumps(data, ensure_ascii=False))
     write(
         f'\n], "summary": {json.dumps(summarize(seen))}}}, '
         f'"timing": {json.dumps(whole["timing"])}, '
@@ -271,7 +310,7 @@ def render_yaml_diff(envelope: Envelope, write: Write) -> None:
 
     document = jsonable(envelope.to_dict())
     if envelope.status == "ok":
-        files = [file_data(d) for d in _files(envelope)]
+        files = [file_data(d, hunks=not envelope.data.get("stat")) for d in _files(envelope)]
         document["data"] = {
             **jsonable(_other_data(envelope)),
             "summary": summarize(_light_from(files)),

@@ -101,7 +101,8 @@ def _text(value: Any) -> str:
         return ", ".join(_text(v) for v in value) if value else "-"
     if isinstance(value, Mapping):
         return "-"
-    return str(value)
+    # One line per key: line breaks inside a value are shown escaped.
+    return str(value).replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r")
 
 
 @register("json")

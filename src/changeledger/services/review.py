@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -66,6 +67,7 @@ class FileDiff:
     insertions: int
     deletions: int
     hunks: tuple[DiffHunk, ...]
+    old_mode: int | None = None
     tool_name: str | None = None
     seq: int | None = None
     before: bytes | None = field(default=None, repr=False, compare=False)
@@ -85,6 +87,7 @@ class _Track:
     mode: int | None
     tool_name: str | None
     binary: bool
+    base_mode: int | None = None
 
 
 def net_files(entries: Iterable[ChangeEntry]) -> list[_Track]:
@@ -105,6 +108,7 @@ def net_files(entries: Iterable[ChangeEntry]) -> list[_Track]:
                     entry.mode,
                     None,
                     False,
+                    entry.before_mode,
                 )
                 tracks.append(track)
             track.path = entry.path
@@ -121,6 +125,7 @@ def net_files(entries: Iterable[ChangeEntry]) -> list[_Track]:
                     entry.mode,
                     None,
                     False,
+                    entry.before_mode,
                 )
                 tracks.append(track)
         track.final_hash = entry.after_hash
@@ -136,14 +141,18 @@ def net_files(entries: Iterable[ChangeEntry]) -> list[_Track]:
         t
         for t in tracks
         if not (t.base_hash is None and t.final_hash is None)
-        and not (t.origin == t.path and t.base_hash == t.final_hash)
+        and not (t.origin == t.path and t.base_hash == t.final_hash and not _mode_changed(t))
     ]
+
+
+def _mode_changed(track: _Track) -> bool:
+    return None not in (track.base_mode, track.mode) and track.base_mode != track.mode
 
 
 def text_hunks(before: bytes, after: bytes) -> tuple[tuple[DiffHunk, ...], int, int]:
     """Unified-diff hunks between two texts, and the counts of added and removed lines."""
-    old = before.decode("utf-8", "surrogateescape").splitlines(keepends=True)
-    new = after.decode("utf-8", "surrogateescape").splitlines(keepends=True)
+    old = _lines(before.decode("utf-8", "surrogateescape"))
+    new = _lines(after.decode("utf-8", "surrogateescape"))
     matcher = difflib.SequenceMatcher(None, old, new, autojunk=False)
     hunks = []
     insertions = deletions = 0
@@ -173,6 +182,15 @@ def text_hunks(before: bytes, after: bytes) -> tuple[tuple[DiffHunk, ...], int, 
             )
         )
     return tuple(hunks), insertions, deletions
+
+
+def _lines(text: str) -> list[str]:
+    """Lines ended by "\\n" only, as git sees them (str.splitlines also splits at \\r, \\f,
+    \\u2028 and more)."""
+    return [line for line in _LINE_END.split(text) if line]
+
+
+_LINE_END = re.compile(r"(?<=\n)")
 
 
 def _emit(out: list[str], prefix: str, lines: Sequence[str]) -> None:
@@ -243,6 +261,7 @@ class ReviewService:
                 "before_size": e.before_size,
                 "after_size": e.after_size,
                 "mode": e.mode,
+                "old_mode": e.before_mode,
                 "binary": e.binary,
                 "tool_name": e.tool_name,
                 "seq": e.seq,
@@ -252,8 +271,8 @@ class ReviewService:
 
     @staticmethod
     def _net_items(changeset: SpecChangeSet) -> list[dict[str, Any]]:
-        items = []
-        for track in sorted(net_files(changeset.entries), key=lambda t: t.path):
+        items: list[dict[str, Any]] = []
+        for track in net_files(changeset.entries):
             renamed = track.origin != track.path and track.final_hash is not None
             if track.base_hash is None:
                 operation, path, old_path = "create", track.path, None
@@ -273,12 +292,13 @@ class ReviewService:
                     "before_size": track.base_size,
                     "after_size": track.final_size,
                     "mode": track.mode,
+                    "old_mode": track.base_mode,
                     "binary": track.binary,
                     "tool_name": track.tool_name,
                     "seq": None,
                 }
             )
-        return items
+        return _ordered(_merge_replaced(items))
 
     def _blobs(self, items: Sequence[dict[str, Any]]) -> dict[str, bytes]:
         digests = {d for i in items for d in (i["before_hash"], i["after_hash"]) if d}
@@ -316,6 +336,7 @@ class ReviewService:
             before_size=item["before_size"],
             after_size=item["after_size"],
             mode=item["mode"],
+            old_mode=item["old_mode"],
             insertions=insertions,
             deletions=deletions,
             hunks=hunks,
@@ -404,6 +425,38 @@ class ReviewService:
             "invocations": [_invocation(i) for i in chosen],
             "count": len(chosen),
         }
+
+
+def _merge_replaced(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A path deleted (or moved away) by one file and created by another is, net, a
+    modify of that path: show it as one, as git does."""
+    deleted = {i["path"]: i for i in items if i["operation"] == "delete"}
+    merged = []
+    for item in items:
+        gone = deleted.get(item["path"]) if item["operation"] == "create" else None
+        if gone is None:
+            merged.append(item)
+            continue
+        modify = {
+            **item,
+            "operation": "modify",
+            "before_hash": gone["before_hash"],
+            "before_size": gone["before_size"],
+            "old_mode": gone["old_mode"],
+            "binary": item["binary"] or gone["binary"],
+        }
+        gone["merged"] = True
+        if modify["before_hash"] != modify["after_hash"] or modify["old_mode"] != modify["mode"]:
+            merged.append(modify)
+    return [i for i in merged if not i.get("merged")]
+
+
+_RANK = {"delete": 0, "rename": 1, "modify": 2, "create": 3}
+
+
+def _ordered(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """By path; a file moved away from a path comes before one created there."""
+    return sorted(items, key=lambda i: (i["old_path"] or i["path"], _RANK[i["operation"]]))
 
 
 def _wanted(globs: Sequence[str], path: str, old_path: str | None) -> bool:

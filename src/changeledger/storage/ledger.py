@@ -79,7 +79,7 @@ class Ledger:
         engine = create_ledger_engine(url)
         try:
             ledger = cls(engine, migrate=migrate)
-            if recover:
+            if recover and migrate:
                 # The services layer owns apply; importing it here keeps opening one call.
                 from changeledger.services.plan_apply_service import PlanApplyService
 

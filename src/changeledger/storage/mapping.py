@@ -63,6 +63,7 @@ def entry_values(entry: ChangeEntry) -> dict[str, Any]:
         "after_size": entry.after_size,
         "binary": entry.binary,
         "mode": entry.mode,
+        "before_mode": entry.before_mode,
         "tool_invocation_id": entry.tool_invocation_id,
         "tool_name": entry.tool_name,
         "created_at": entry.created_at,
@@ -88,6 +89,7 @@ def entry_from_row(row: ChangeSetEntryModel | Row[Any]) -> ChangeEntry:
         tool_invocation_id=row.tool_invocation_id,
         tool_name=row.tool_name,
         created_at=row.created_at,
+        before_mode=row.before_mode,
     )
 
 

@@ -120,6 +120,7 @@ class ChangeSetEntryModel(Base):
     after_size: Mapped[int | None] = mapped_column(BigInteger)
     binary: Mapped[bool] = mapped_column(Boolean)
     mode: Mapped[int | None] = mapped_column(Integer)
+    before_mode: Mapped[int | None] = mapped_column(Integer)
     tool_invocation_id: Mapped[str | None] = mapped_column(ID, index=True)
     tool_name: Mapped[str | None] = mapped_column(String(200), index=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())

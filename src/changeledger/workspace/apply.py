@@ -54,6 +54,7 @@ class NetChange:
     before_hash: str | None
     after_hash: str | None
     mode: int | None
+    before_mode: int | None = None
 
     @property
     def operation(self) -> str:
@@ -83,24 +84,28 @@ class Conflict:
 
 def net_changes(entries: Iterable[ChangeEntry]) -> list[NetChange]:
     """Per path, the first recorded before and the last recorded after; no-ops dropped."""
-    first: dict[str, str | None] = {}
+    first: dict[str, tuple[str | None, int | None]] = {}
     last: dict[str, tuple[str | None, int | None]] = {}
 
-    def touch(path: str, before: str | None, after: str | None, mode: int | None) -> None:
-        first.setdefault(path, before)
+    def touch(
+        path: str, before: str | None, before_mode: int | None, after: str | None, mode: int | None
+    ) -> None:
+        first.setdefault(path, (before, before_mode))
         last[path] = (after, mode)
 
     for entry in entries:
         if entry.operation is ChangeOperation.RENAME and entry.old_path is not None:
-            touch(entry.old_path, entry.before_hash, None, entry.mode)
-            touch(entry.path, None, entry.after_hash, entry.mode)
+            touch(entry.old_path, entry.before_hash, entry.before_mode, None, entry.mode)
+            touch(entry.path, None, None, entry.after_hash, entry.mode)
         else:
-            touch(entry.path, entry.before_hash, entry.after_hash, entry.mode)
-    return [
-        NetChange(path=path, before_hash=first[path], after_hash=last[path][0], mode=last[path][1])
-        for path in sorted(first)
-        if first[path] != last[path][0]
-    ]
+            touch(entry.path, entry.before_hash, entry.before_mode, entry.after_hash, entry.mode)
+    changes = []
+    for path in sorted(first):
+        (before, before_mode), (after, mode) = first[path], last[path]
+        mode_changed = None not in (before_mode, mode) and before_mode != mode
+        if before != after or (after is not None and mode_changed):
+            changes.append(NetChange(path, before, after, mode, before_mode))
+    return changes
 
 
 def check_preconditions(workspace: Workspace, changes: Sequence[NetChange]) -> list[Conflict]:
@@ -313,8 +318,27 @@ class Applier:
             target = self.workspace.root / step.path
             self._move_into_place(self.journal / step.staged, target, step.beside)
             touched.add(target.parent)
+        touched |= self._prune_emptied(steps)
         for directory in sorted(touched):
-            self._sync(directory)
+            if directory.is_dir():
+                self._sync(directory)
+
+    def _prune_emptied(self, steps: list[_Step]) -> set[Path]:
+        """Remove directories the plan's deletes left empty, as git does (rollback makes
+        them again when it puts a file back)."""
+        parents: set[Path] = set()
+        for step in steps:
+            if step.after is not None:
+                continue
+            directory = (self.workspace.root / step.path).parent
+            while directory != self.workspace.root:
+                try:
+                    directory.rmdir()
+                except OSError:
+                    break  # not empty: neither are its parents
+                parents.add(directory.parent)
+                directory = directory.parent
+        return parents
 
     def _move_into_place(self, staged: Path, target: Path, beside: str | None) -> None:
         try:
@@ -398,6 +422,7 @@ def rollback(workspace: Workspace, plan_id: str) -> dict[str, Any] | None:
         backup = journal / step.backup if step.backup else None
         if backup is not None and backup.exists():
             target = workspace.root / step.path
+            target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(backup, target)
             touched.add(target.parent)
     for directory in sorted(touched):

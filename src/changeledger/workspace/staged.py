@@ -124,7 +124,12 @@ class StagedView:
         if current is None:
             return FileChange(rel, ChangeOperation.CREATE, after=content, mode=new_mode)
         return FileChange(
-            rel, ChangeOperation.MODIFY, before=current.content, after=content, mode=new_mode
+            rel,
+            ChangeOperation.MODIFY,
+            before=current.content,
+            after=content,
+            mode=new_mode,
+            before_mode=current.mode,
         )
 
     def delete(self, path: str) -> FileChange:
@@ -136,7 +141,13 @@ class StagedView:
                 raise WorkspaceError(f"{rel!r} is a directory, not a file", field="path")
             raise ValidationError(f"cannot delete {rel!r}: it does not exist", field="path")
         self._set(rel, _DELETED)
-        return FileChange(rel, ChangeOperation.DELETE, before=current.content, mode=current.mode)
+        return FileChange(
+            rel,
+            ChangeOperation.DELETE,
+            before=current.content,
+            mode=current.mode,
+            before_mode=current.mode,
+        )
 
     def move(self, src: str, dst: str) -> FileChange:
         old = self.workspace.relative(src, "src")
@@ -162,6 +173,7 @@ class StagedView:
             before=current.content,
             after=current.content,
             mode=current.mode,
+            before_mode=current.mode,
         )
 
     # -- grouping a tool call's writes -----------------------------------------------------
