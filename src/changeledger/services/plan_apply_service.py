@@ -217,11 +217,13 @@ class PlanApplyService:
                 log.warning("apply.recovered", plan_id=plan_id, workspace=str(workspace.root))
         return RecoveryReport(rolled_back=tuple(rolled_back), finished=tuple(finished))
 
-    def recover_all(self) -> RecoveryReport:
-        """``recover`` every workspace with a plan the ledger still shows as applying."""
+    def recover_all(self, also: Sequence[str] = ()) -> RecoveryReport:
+        """``recover`` every workspace with a plan the ledger still shows as applying, and
+        the workspaces in ``also`` (the embedded ledger's own, where a journal may outlive
+        an apply the ledger already records as done)."""
         rolled_back: list[str] = []
         busy: list[str] = []
-        roots = {p.workspace for p in self.plans.list(PlanState.APPLYING)}
+        roots = {p.workspace for p in self.plans.list(PlanState.APPLYING)} | set(also)
         for root in sorted(roots):
             try:
                 workspace = Workspace(root)

@@ -455,8 +455,12 @@ _RANK = {"delete": 0, "rename": 1, "modify": 2, "create": 3}
 
 
 def _ordered(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """By path; a file moved away from a path comes before one created there."""
-    return sorted(items, key=lambda i: (i["old_path"] or i["path"], _RANK[i["operation"]]))
+    """By path, except that a file created where another was moved away from comes after
+    that move (``git apply`` applies a patch's files in order)."""
+    ordered = sorted(items, key=lambda i: (i["path"], _RANK[i["operation"]]))
+    vacated = {i["old_path"] for i in ordered if i["operation"] == "rename"}
+    later = [i for i in ordered if i["operation"] == "create" and i["path"] in vacated]
+    return [i for i in ordered if i not in later] + later
 
 
 def _wanted(globs: Sequence[str], path: str, old_path: str | None) -> bool:

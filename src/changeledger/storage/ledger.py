@@ -83,7 +83,8 @@ class Ledger:
                 # The services layer owns apply; importing it here keeps opening one call.
                 from changeledger.services.plan_apply_service import PlanApplyService
 
-                PlanApplyService(ledger.plans, ledger.changesets).recover_all()
+                service = PlanApplyService(ledger.plans, ledger.changesets)
+                service.recover_all(also=ledger.embedded_workspaces())
         except BaseException:
             engine.dispose()
             raise
@@ -118,6 +119,16 @@ class Ledger:
     def url(self) -> str:
         """The database URL with any password masked."""
         return redact_url(self.engine.url)
+
+    def embedded_workspaces(self) -> list[str]:
+        """The workspace holding this ledger, when it is ``<root>/.changeledger/ledger.db``."""
+        database = self.engine.url.database
+        if self.backend != "sqlite" or not database:
+            return []
+        path = Path(database)
+        if path.parent.name != LEDGER_DIR:
+            return []
+        return [str(path.parent.parent)]
 
     @property
     def backend(self) -> str:
