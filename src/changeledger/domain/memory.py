@@ -175,7 +175,7 @@ class InMemoryChangeSetStore:
             row.invocations.append(invocation)
             return invocation
 
-    def get(self, changeset_id: str) -> SpecChangeSet:
+    def get(self, changeset_id: str, *, invocations: bool = True) -> SpecChangeSet:
         with self._lock:
             row = self._live(changeset_id)
             return SpecChangeSet(
@@ -183,14 +183,14 @@ class InMemoryChangeSetStore:
                 plan_id=row.plan_id,
                 created_at=row.created_at,
                 entries=tuple(row.entries),
-                invocations=tuple(row.invocations),
+                invocations=tuple(row.invocations) if invocations else (),
             )
 
-    def get_for_plan(self, plan_id: str) -> SpecChangeSet | None:
+    def get_for_plan(self, plan_id: str, *, invocations: bool = True) -> SpecChangeSet | None:
         plan = self.plans.get(plan_id)
         if plan.current_changeset_id is None:
             return None
-        return self.get(plan.current_changeset_id)
+        return self.get(plan.current_changeset_id, invocations=invocations)
 
     def summarize(self, changeset_id: str) -> ChangeSetSummary:
         with self._lock:

@@ -78,11 +78,12 @@ class ChangeSetStore(Protocol):
         """Persist a tool call and the changes it made, together, in one transaction."""
         ...
 
-    def get(self, changeset_id: str) -> SpecChangeSet:
-        """The changeset with its entries and invocations in ``seq`` order."""
+    def get(self, changeset_id: str, *, invocations: bool = True) -> SpecChangeSet:
+        """The changeset with its entries and (unless told not to) its invocations, in
+        ``seq`` order."""
         ...
 
-    def get_for_plan(self, plan_id: str) -> SpecChangeSet | None:
+    def get_for_plan(self, plan_id: str, *, invocations: bool = True) -> SpecChangeSet | None:
         """The plan's current changeset, or ``None`` when it has not started one."""
         ...
 

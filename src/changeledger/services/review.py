@@ -211,13 +211,15 @@ class ReviewService:
         self.plans = plans
         self.changesets = changesets
 
-    def changeset(self, plan_id: str) -> tuple[Plan, SpecChangeSet | None]:
+    def changeset(
+        self, plan_id: str, *, invocations: bool = False
+    ) -> tuple[Plan, SpecChangeSet | None]:
         """The plan and its current changeset, every blob it names checked present.
 
         ``MissingArtifactError`` names what is gone: a cleaned-up changeset, or a blob.
         """
         plan = self.plans.get(plan_id)
-        changeset = self.changesets.get_for_plan(plan.id)
+        changeset = self.changesets.get_for_plan(plan.id, invocations=invocations)
         if changeset is not None:
             digests = {d for e in changeset.entries for d in (e.before_hash, e.after_hash) if d}
             missing = self.changesets.missing_blobs(digests)
@@ -365,17 +367,30 @@ class ReviewService:
             "artifacts": "none",
         }
         if plan.current_changeset_id is None:
-            data["execution"] = _execution([], ())
+            data["execution"] = {
+                "tool_calls": 0,
+                "tool_errors": 0,
+                "files_changed": 0,
+                "insertions": 0,
+                "deletions": 0,
+            }
             return data
         try:
-            changeset = self.changesets.get(plan.current_changeset_id)
+            changeset = self.changesets.get(plan.current_changeset_id, invocations=False)
+            counts = self.changesets.summarize(changeset.id)
         except MissingArtifactError as exc:
             if plan.state in (PlanState.CANCELLED, PlanState.APPLY_FAILED, PlanState.APPLIED):
                 data["artifacts"] = f"cleaned up: {exc.message}"
                 return data
             raise
         files = list(self.diffs(changeset))
-        data["execution"] = _execution(files, changeset.invocations)
+        data["execution"] = {
+            "tool_calls": counts.tool_calls,
+            "tool_errors": counts.tool_errors,
+            "files_changed": len(files),
+            "insertions": sum(f.insertions for f in files),
+            "deletions": sum(f.deletions for f in files),
+        }
         data["artifacts"] = "present"
         return data
 
@@ -411,7 +426,7 @@ class ReviewService:
     def invocations(
         self, plan_id: str, *, tool: str | None = None, errors: bool = False
     ) -> dict[str, Any]:
-        plan, changeset = self.changeset(plan_id)
+        plan, changeset = self.changeset(plan_id, invocations=True)
         calls = changeset.invocations if changeset else ()
         chosen = [
             i
@@ -467,16 +482,6 @@ def _wanted(globs: Sequence[str], path: str, old_path: str | None) -> bool:
     if not globs:
         return True
     return any(fnmatch.fnmatchcase(p, g) for g in globs for p in (path, old_path) if p is not None)
-
-
-def _execution(files: Sequence[FileDiff], calls: Sequence[ToolInvocation]) -> dict[str, int]:
-    return {
-        "tool_calls": len(calls),
-        "tool_errors": sum(c.status is InvocationStatus.ERROR for c in calls),
-        "files_changed": len(files),
-        "insertions": sum(f.insertions for f in files),
-        "deletions": sum(f.deletions for f in files),
-    }
 
 
 def _apply_result(plan: Plan) -> dict[str, Any] | None:

@@ -164,13 +164,13 @@ class SqlChangeSetStore:
         return invocation
 
     @database_retry("read a changeset")
-    def get(self, changeset_id: str) -> SpecChangeSet:
+    def get(self, changeset_id: str, *, invocations: bool = True) -> SpecChangeSet:
         key = check_id(changeset_id, "changeset_id")
         with self._uow.connect(write=False) as conn:
-            return _load(conn, key)
+            return _load(conn, key, invocations=invocations)
 
     @database_retry("read a plan's changeset")
-    def get_for_plan(self, plan_id: str) -> SpecChangeSet | None:
+    def get_for_plan(self, plan_id: str, *, invocations: bool = True) -> SpecChangeSet | None:
         key = check_id(plan_id, "plan_id")
         with self._uow.connect(write=False) as conn:
             found = conn.execute(
@@ -179,7 +179,7 @@ class SqlChangeSetStore:
             if found is None:
                 raise NotFoundError(f"plan {key} not found")
             current = found[0]
-            return None if current is None else _load(conn, current)
+            return None if current is None else _load(conn, current, invocations=invocations)
 
     @database_retry("summarize a changeset")
     def summarize(self, changeset_id: str) -> ChangeSetSummary:
@@ -375,16 +375,16 @@ def _load_changeset_row(conn: Connection, changeset_id: str) -> Row[Any]:
     return row
 
 
-def _load(conn: Connection, changeset_id: str) -> SpecChangeSet:
+def _load(conn: Connection, changeset_id: str, *, invocations: bool = True) -> SpecChangeSet:
     row = _load_changeset_row(conn, changeset_id)
     entries = conn.execute(SELECT_ENTRIES, {"cs_id": changeset_id})
-    invocations = conn.execute(SELECT_INVOCATIONS, {"cs_id": changeset_id})
+    calls = conn.execute(SELECT_INVOCATIONS, {"cs_id": changeset_id}) if invocations else ()
     return SpecChangeSet(
         id=row.id,
         plan_id=row.plan_id,
         created_at=row.created_at,
         entries=tuple(entry_from_row(e) for e in entries),
-        invocations=tuple(invocation_from_row(i) for i in invocations),
+        invocations=tuple(invocation_from_row(i) for i in calls),
     )
 
 
