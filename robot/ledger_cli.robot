@@ -8,7 +8,7 @@ Test Teardown     Remove Directory    ${WS}    recursive=True
 *** Test Cases ***
 Init Creates An Owner-Only Ledger That Ignores Itself For Git
     ${r}=    Changeledger    init
-    Should Match Regexp    ${r.stdout}    revision: \d{4}\n
+    Should Match Regexp    ${r.stdout}    revision: \\d{4}
     Should Contain    ${r.stdout}    created: yes
     File Should Exist    ${WS}/.changeledger/ledger.db
     ${ignore}=    Get File    ${WS}/.changeledger/.gitignore
