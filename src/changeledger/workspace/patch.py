@@ -120,9 +120,14 @@ class _Parser:
         new = _strip_prefix(self.line(1)[4:])
         if old is None and new is None:
             raise self.bad("both sides are /dev/null")
-        if self.current is not None and self.current.is_rename and not self.current.hunks:
-            self.current.old_path, self.current.new_path = old, new
-        else:
+        renaming = self.current
+        continues_rename = (
+            renaming is not None
+            and renaming.is_rename
+            and not renaming.hunks
+            and (old, new) == (renaming.old_path, renaming.new_path)
+        )
+        if not continues_rename:  # else: the content part of the rename just announced
             self.current = FilePatch(old_path=old, new_path=new)
             self.patches.append(self.current)
         self.index += 2
@@ -167,12 +172,12 @@ class _Parser:
         """``\\ No newline at end of file``: the line before it has no line end."""
         if hunk.lines:
             tag, body = hunk.lines[-1]
-            hunk.lines[-1] = (tag, body.rstrip(b"\r\n"))
+            hunk.lines[-1] = (tag, body[:-1] if body.endswith(b"\n") else body)
 
 
 def apply_hunks(original: bytes, hunks: list[Hunk], name: str) -> bytes:
     """``original`` with ``hunks`` applied; ``ValidationError`` when a hunk does not match."""
-    source = original.splitlines(keepends=True)
+    source = [line for line in re.split(rb"(?<=\n)", original) if line]
     output: list[bytes] = []
     position = 0  # next unread line of source
     for number, hunk in enumerate(hunks, start=1):
