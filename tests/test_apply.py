@@ -324,3 +324,17 @@ def test_modes_are_applied(plans: PlanService, applier: PlanApplyService, worksp
     applier.apply(plan.id)
     assert stat.S_IMODE((workspace / "run.sh").stat().st_mode) == 0o755
     assert stat.S_IMODE((workspace / "fresh.txt").stat().st_mode) == 0o644
+
+
+def test_a_journal_folder_left_before_its_record_is_removed_on_recovery(
+    plans: PlanService, applier: PlanApplyService, workspace: Path
+) -> None:
+    plan_id = staged_plan(plans, workspace)
+    before = tree(workspace)
+    plans.plans.transition(plan_id, PlanState.APPLYING)
+    journal_path(Workspace(workspace), plan_id).mkdir(parents=True)  # killed right here
+    report = applier.recover_all()
+    assert report.rolled_back == (plan_id,)
+    assert pending_journals(Workspace(workspace)) == []
+    assert tree(workspace) == before
+    assert plans.plans.get(plan_id).state is PlanState.APPLY_FAILED

@@ -173,11 +173,12 @@ def journal_path(workspace: Workspace, plan_id: str) -> Path:
 
 
 def pending_journals(workspace: Workspace) -> list[str]:
-    """Plan ids with an apply journal left in this workspace."""
+    """Plan ids with an apply journal left in this workspace (also one a crash left before
+    its ``journal.json`` was written: nothing was touched then, but the folder must go)."""
     base = workspace.root / LEDGER_DIR / JOURNAL_DIR
     if not base.is_dir():
         return []
-    return sorted(p.name for p in base.iterdir() if (p / "journal.json").is_file())
+    return sorted(p.name for p in base.iterdir() if p.is_dir())
 
 
 @dataclass
