@@ -310,33 +310,15 @@ def render_yaml_diff(envelope: Envelope, write: Write) -> None:
 
     document = jsonable(envelope.to_dict())
     if envelope.status == "ok":
-        files = [file_data(d, hunks=not envelope.data.get("stat")) for d in _files(envelope)]
+        stat = bool(envelope.data.get("stat"))
+        seen: list[FileDiff] = []
+        files = [file_data(d, hunks=not stat) for d in _counting(_files(envelope), seen)]
         document["data"] = {
             **jsonable(_other_data(envelope)),
-            "summary": summarize(_light_from(files)),
+            "summary": summarize(seen),
             "files": files,
         }
     write(yaml.safe_dump(document, sort_keys=False, allow_unicode=True, width=100))
-
-
-def _light_from(files: list[dict[str, Any]]) -> list[FileDiff]:
-    return [
-        FileDiff(
-            path=f["path"],
-            old_path=f["old_path"],
-            operation=f["operation"],
-            binary=f["binary"],
-            before_hash=f["before_hash"],
-            after_hash=f["after_hash"],
-            before_size=f["before_size"],
-            after_size=f["after_size"],
-            mode=None,
-            insertions=f["insertions"],
-            deletions=f["deletions"],
-            hunks=(),
-        )
-        for f in files
-    ]
 
 
 @register("rich", "plan diff")
