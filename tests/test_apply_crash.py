@@ -32,7 +32,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import URL
 
-from changeledger.constants import LEDGER_DIR
+from changeledger.constants import JOURNAL_DIR, LEDGER_DIR
 from changeledger.domain.errors import ChangeLedgerError
 from changeledger.domain.models import JSONValue, PlanState
 from changeledger.services.execution import PlanService
@@ -40,7 +40,6 @@ from changeledger.services.plan_apply_service import PlanApplyService
 from changeledger.storage.ledger import Ledger
 from changeledger.workspace.apply import (
     CRASH_ENV,
-    JOURNAL_DIR,
     Applier,
     net_changes,
     pending_journals,

@@ -11,21 +11,20 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import URL, make_url
 
-from changeledger.constants import ENV_DB
+from changeledger.constants import ENV_DB, SQLITE_BUSY_TIMEOUT_MS
 from changeledger.domain.errors import NotFoundError, ValidationError
 from changeledger.domain.ids import new_id
 from changeledger.domain.memory import InMemoryChangeSetStore
 from changeledger.domain.models import ChangeOperation, FileChange, Plan, SpecChangeSet, ToolCall
 from changeledger.services.plan_apply_service import PlanApplyService
 from changeledger.storage.engine import (
-    SQLITE_BUSY_TIMEOUT_MS,
-    find_ledger,
     parse_db,
     redact_url,
     resolve_db,
     sqlite_url,
 )
 from changeledger.storage.ledger import Ledger
+from changeledger.storage.locate import find_ledger
 
 # -- finding the ledger ---------------------------------------------------------------------
 

@@ -8,3 +8,9 @@ ENV_DB = "CHANGELEDGER_DB"
 LEDGER_DIR = ".changeledger"
 #: The embedded SQLite file inside ``LEDGER_DIR``.
 LEDGER_FILE = "ledger.db"
+#: Apply journals inside ``LEDGER_DIR``: ``journal/<plan id>/``.
+JOURNAL_DIR = "journal"
+#: The Alembic revision this version of changeledger writes and reads.
+SCHEMA_HEAD = "0002"
+#: Milliseconds SQLite waits on a lock held by another process before reporting it busy.
+SQLITE_BUSY_TIMEOUT_MS = 10_000

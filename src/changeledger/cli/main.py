@@ -48,8 +48,8 @@ def init(ctx: click.Context, workspace: Path, fmt: str | None) -> None:
     state = ctx.find_object(CliState)
 
     def body() -> Mapping[str, Any]:
-        from changeledger.storage.engine import ledger_path
         from changeledger.storage.ledger import Ledger
+        from changeledger.storage.locate import ledger_path
         from changeledger.storage.schema import current_revision
 
         db = state.db if state else None

@@ -3,23 +3,23 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 import changeledger.render.diff
 import changeledger.render.review  # noqa: F401 - registers the rich review renderers
-from changeledger.cli.common import open_ledger
+from changeledger.cli.common import open_review
 from changeledger.cli.output import format_option, run
 from changeledger.render import FORMATS
 
-
-def _review(ctx: click.Context) -> Any:
-    """A ReviewService on a ledger that stays open until the command's output is written."""
+if TYPE_CHECKING:
     from changeledger.services.review import ReviewService
 
-    ledger = ctx.with_resource(open_ledger(ctx))
-    return ReviewService(ledger.plans, ledger.changesets)
+
+def _review(ctx: click.Context) -> ReviewService:
+    """A ReviewService on a ledger that stays open until the command's output is written."""
+    return ctx.with_resource(open_review(ctx))
 
 
 @click.command()

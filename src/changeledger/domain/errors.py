@@ -19,7 +19,9 @@ Messages name the thing that is wrong and say what to do next.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any, Self
 
 
 class ChangeLedgerError(Exception):
@@ -59,6 +61,24 @@ class NotFoundError(ChangeLedgerError):
 
 class MissingArtifactError(NotFoundError):
     """Recorded data whose content is gone: a cleaned-up changeset or a lost blob."""
+
+    @classmethod
+    def cleaned_up(cls, changeset_id: str, plan_id: str, cleaned_at: datetime) -> Self:
+        """A changeset whose entries cleanup removed."""
+        return cls(
+            f"changeset {changeset_id} of plan {plan_id} was cleaned up at "
+            f"{cleaned_at.isoformat()}; its entries are gone"
+        )
+
+    @classmethod
+    def blobs(cls, missing: Sequence[str], asked: int = 1) -> Self:
+        """Stored contents that are not there; ``missing`` must not be empty."""
+        reason = (
+            "(cleaned up, or the database is damaged)"
+            if asked == 1
+            else f"({len(missing)} of {asked} asked for)"
+        )
+        return cls(f"blob {missing[0]} is missing from the ledger {reason}")
 
 
 class ConflictError(ChangeLedgerError):

@@ -217,7 +217,7 @@ class InMemoryChangeSetStore:
             try:
                 return self._blobs[key]
             except KeyError:
-                raise MissingArtifactError(f"blob {key} is missing from the ledger") from None
+                raise MissingArtifactError.blobs([key]) from None
 
     def read_blobs(self, digests: Iterable[str]) -> dict[str, bytes]:
         return {digest: self.read_blob(digest) for digest in set(digests)}
@@ -273,10 +273,7 @@ class InMemoryChangeSetStore:
         if row is None:
             raise NotFoundError(f"changeset {key} not found")
         if row.cleaned_at is not None:
-            raise MissingArtifactError(
-                f"changeset {key} of plan {row.plan_id} was cleaned up at "
-                f"{row.cleaned_at.isoformat()}; its entries are gone"
-            )
+            raise MissingArtifactError.cleaned_up(key, row.plan_id, row.cleaned_at)
         return row
 
     def _append(self, row: _ChangeSetRow, changes: Sequence[FileChange]) -> list[ChangeEntry]:

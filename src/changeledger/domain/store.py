@@ -3,7 +3,9 @@
 ``ChangeSetStore`` keeps the PR's names: start, record, record_invocation, get, get_for_plan,
 summarize, delete_for_plan. ``PlanStore`` keeps plan rows and owns state changes. Both have
 an SQL implementation in ``changeledger.storage`` and an in-memory one in
-``changeledger.domain.memory`` that tests and users can use as a fake.
+``changeledger.domain.memory`` that tests and users can use as a fake. ``PlanReader`` and
+``ChangeSetReader`` are their read halves: what the review commands use, and what the
+read-only SQLite reader (``changeledger.storage.sqlite_reader``) implements.
 """
 
 from __future__ import annotations
@@ -27,7 +29,20 @@ from changeledger.domain.models import (
 
 
 @runtime_checkable
-class PlanStore(Protocol):
+class PlanReader(Protocol):
+    """Reading plans: all the review commands need."""
+
+    def get(self, plan_id: str) -> Plan:
+        """Return the plan or raise ``NotFoundError``."""
+        ...
+
+    def list(self, state: PlanState | None = None) -> list[Plan]:
+        """Plans, oldest first, optionally only those in ``state``."""
+        ...
+
+
+@runtime_checkable
+class PlanStore(PlanReader, Protocol):
     """Plans and their state. Every state change goes through ``transition``."""
 
     def create(
@@ -41,14 +56,6 @@ class PlanStore(Protocol):
         """Persist a new plan in state ``created`` and return it."""
         ...
 
-    def get(self, plan_id: str) -> Plan:
-        """Return the plan or raise ``NotFoundError``."""
-        ...
-
-    def list(self, state: PlanState | None = None) -> list[Plan]:
-        """Plans, oldest first, optionally only those in ``state``."""
-        ...
-
     def transition(
         self, plan_id: str, target: PlanState, *, error: PlanError | None = None
     ) -> Plan:
@@ -57,26 +64,8 @@ class PlanStore(Protocol):
 
 
 @runtime_checkable
-class ChangeSetStore(Protocol):
-    """Changesets, their change entries, tool invocations and content blobs."""
-
-    def start(self, plan_id: str) -> SpecChangeSet:
-        """Create and persist an empty changeset, make it the plan's current one, return it."""
-        ...
-
-    def record(self, changeset_id: str, change: FileChange) -> ChangeEntry:
-        """Persist one change with its content; return the entry with its ``seq``."""
-        ...
-
-    def record_many(self, changeset_id: str, changes: Sequence[FileChange]) -> list[ChangeEntry]:
-        """Persist several changes in one transaction, in order."""
-        ...
-
-    def record_invocation(
-        self, changeset_id: str, call: ToolCall, changes: Sequence[FileChange] = ()
-    ) -> ToolInvocation:
-        """Persist a tool call and the changes it made, together, in one transaction."""
-        ...
+class ChangeSetReader(Protocol):
+    """Reading changesets, their entries, invocations and contents."""
 
     def get(self, changeset_id: str, *, invocations: bool = True) -> SpecChangeSet:
         """The changeset with its entries and (unless told not to) its invocations, in
@@ -101,6 +90,29 @@ class ChangeSetStore(Protocol):
 
     def missing_blobs(self, digests: Iterable[str]) -> list[str]:
         """Those of ``digests`` whose content is not in the ledger, sorted."""
+        ...
+
+
+@runtime_checkable
+class ChangeSetStore(ChangeSetReader, Protocol):
+    """Changesets, their change entries, tool invocations and content blobs."""
+
+    def start(self, plan_id: str) -> SpecChangeSet:
+        """Create and persist an empty changeset, make it the plan's current one, return it."""
+        ...
+
+    def record(self, changeset_id: str, change: FileChange) -> ChangeEntry:
+        """Persist one change with its content; return the entry with its ``seq``."""
+        ...
+
+    def record_many(self, changeset_id: str, changes: Sequence[FileChange]) -> list[ChangeEntry]:
+        """Persist several changes in one transaction, in order."""
+        ...
+
+    def record_invocation(
+        self, changeset_id: str, call: ToolCall, changes: Sequence[FileChange] = ()
+    ) -> ToolInvocation:
+        """Persist a tool call and the changes it made, together, in one transaction."""
         ...
 
     def delete_for_plan(self, plan_id: str) -> CleanupResult:

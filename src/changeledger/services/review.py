@@ -24,7 +24,7 @@ from changeledger.domain.models import (
     ToolInvocation,
     looks_binary,
 )
-from changeledger.domain.store import ChangeSetStore, PlanStore
+from changeledger.domain.store import ChangeSetReader, PlanReader
 
 #: Lines of context around each change, as git shows them.
 CONTEXT_LINES = 3
@@ -207,7 +207,7 @@ def _emit(out: list[str], prefix: str, lines: Sequence[str]) -> None:
 class ReviewService:
     """Read-only views of plans for people: status, diff, artifacts, invocations."""
 
-    def __init__(self, plans: PlanStore, changesets: ChangeSetStore) -> None:
+    def __init__(self, plans: PlanReader, changesets: ChangeSetReader) -> None:
         self.plans = plans
         self.changesets = changesets
 

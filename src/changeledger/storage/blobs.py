@@ -2,34 +2,21 @@
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Iterable
 from typing import Any, cast
 
 from sqlalchemy import Connection, CursorResult, delete, exists, or_, select
 from sqlalchemy.orm import Session
 
-from changeledger.domain.errors import StorageError
-from changeledger.domain.models import sha256_hex, utcnow
+from changeledger.domain.models import utcnow
+from changeledger.storage.codec import decode, encode
 from changeledger.storage.models import BlobModel, ChangeSetEntryModel
 from changeledger.storage.tables import EXISTING_BLOBS, FAST_INSERT_BLOB, insert_blob
-
-#: Content shorter than this is stored as it is: compression would not pay for its header.
-MIN_COMPRESS_BYTES = 64
-ZLIB_LEVEL = 6
 
 
 def rowcount(result: object) -> int:
     """Rows a DML statement touched (``Session.execute`` is typed as returning ``Result``)."""
     return cast(CursorResult[Any], result).rowcount
-
-
-def _encode(content: bytes) -> tuple[str, bytes]:
-    if len(content) >= MIN_COMPRESS_BYTES:
-        packed = zlib.compress(content, ZLIB_LEVEL)
-        if len(packed) < len(content):
-            return "zlib", packed
-    return "none", content
 
 
 #: Above this many bytes in one call, ask which blobs exist before compressing them all.
@@ -49,7 +36,7 @@ def put_blobs(conn: Connection, contents: Iterable[tuple[str, bytes]]) -> None:
     now = utcnow()
     rows = []
     for digest, content in by_digest.items():
-        compression, data = _encode(content)
+        compression, data = encode(content)
         rows.append(
             {
                 "hash": digest,
@@ -74,18 +61,8 @@ def get_blobs(conn: Connection, digests: list[str]) -> dict[str, bytes]:
         )
     )
     return {
-        digest: _decode(digest, compression, data, size) for digest, compression, data, size in rows
+        digest: decode(digest, compression, data, size) for digest, compression, data, size in rows
     }
-
-
-def _decode(digest: str, compression: str, data: bytes, size: int) -> bytes:
-    try:
-        content = zlib.decompress(data) if compression == "zlib" else bytes(data)
-    except zlib.error as exc:
-        raise StorageError(f"blob {digest} is damaged: it does not decompress") from exc
-    if len(content) != size or sha256_hex(content) != digest:
-        raise StorageError(f"blob {digest} is damaged: its content does not match its hash")
-    return content
 
 
 def blob_exists(session: Session, digests: Iterable[str]) -> set[str]:

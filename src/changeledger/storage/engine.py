@@ -16,29 +16,12 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.pool import ConnectionPoolEntry
 
-from changeledger.constants import ENV_DB, LEDGER_DIR, LEDGER_FILE
+from changeledger.constants import ENV_DB, SQLITE_BUSY_TIMEOUT_MS
 from changeledger.domain.errors import NotFoundError, ValidationError
-
-#: Milliseconds SQLite waits on a lock held by another process before reporting it busy.
-SQLITE_BUSY_TIMEOUT_MS = 10_000
+from changeledger.storage.locate import find_ledger
 
 #: Execution option that makes a SQLite transaction take the write lock when it begins.
 WRITE_OPTION = "changeledger_write"
-
-
-def ledger_path(root: Path) -> Path:
-    """The embedded ledger file for a workspace rooted at ``root``."""
-    return root / LEDGER_DIR / LEDGER_FILE
-
-
-def find_ledger(start: Path) -> Path | None:
-    """Walk up from ``start`` as git does; return the first ``.changeledger/ledger.db``."""
-    current = start.resolve()
-    for directory in (current, *current.parents):
-        candidate = ledger_path(directory)
-        if candidate.is_file():
-            return candidate
-    return None
 
 
 def sqlite_url(path: Path) -> URL:

@@ -21,13 +21,13 @@ from changeledger.constants import LEDGER_DIR
 from changeledger.domain.errors import ValidationError
 from changeledger.storage.engine import (
     create_ledger_engine,
-    ledger_path,
     parse_db,
     redact_url,
     require_existing,
     resolve_db,
     sqlite_url,
 )
+from changeledger.storage.locate import ledger_path
 from changeledger.storage.repositories import (
     ChangeSetEntryRepository,
     SqlPlanStore,

@@ -1,12 +1,16 @@
-"""Conversions between table rows and domain values."""
+"""Conversions between table rows and domain values.
+
+Rows are read by attribute, so an ORM object, a SQLAlchemy Core row and a row of the
+stdlib ``sqlite3`` reader (``sqlite_reader``) all map the same way. No SQLAlchemy import:
+the review commands' fast start uses this module too.
+"""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Any
-
-from sqlalchemy import Row
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any
 
 from changeledger.domain.models import (
     ChangeEntry,
@@ -19,7 +23,15 @@ from changeledger.domain.models import (
     ToolInvocation,
 )
 from changeledger.domain.validation import storable_text, to_json
-from changeledger.storage.models import ChangeSetEntryModel, PlanModel, ToolInvocationModel
+
+if TYPE_CHECKING:
+    from sqlalchemy import Row
+
+    from changeledger.storage.models import (
+        ChangeSetEntryModel,
+        PlanModel,
+        ToolInvocationModel,
+    )
 
 
 def _mapping(text: str | None) -> Mapping[str, JSONValue]:
@@ -29,7 +41,7 @@ def _mapping(text: str | None) -> Mapping[str, JSONValue]:
     return value if isinstance(value, dict) else {}
 
 
-def plan_from_row(row: PlanModel) -> Plan:
+def plan_from_row(row: PlanModel | SimpleNamespace) -> Plan:
     error = None
     if row.error_message is not None:
         error = PlanError(message=row.error_message, details=_mapping(row.error_details))
@@ -70,7 +82,7 @@ def entry_values(entry: ChangeEntry) -> dict[str, Any]:
     }
 
 
-def entry_from_row(row: ChangeSetEntryModel | Row[Any]) -> ChangeEntry:
+def entry_from_row(row: ChangeSetEntryModel | Row[Any] | SimpleNamespace) -> ChangeEntry:
     """From an ORM object or a Core row of ``changeset_entries``."""
     return ChangeEntry(
         id=row.id,
@@ -115,7 +127,9 @@ def invocation_values(invocation: ToolInvocation) -> dict[str, Any]:
     }
 
 
-def invocation_from_row(row: ToolInvocationModel | Row[Any]) -> ToolInvocation:
+def invocation_from_row(
+    row: ToolInvocationModel | Row[Any] | SimpleNamespace,
+) -> ToolInvocation:
     """From an ORM object or a Core row of ``tool_invocations``."""
     return ToolInvocation(
         id=row.id,

@@ -319,10 +319,7 @@ def live_changeset(session: Session, changeset_id: str) -> ChangeSetModel:
     if row is None:
         raise NotFoundError(f"changeset {changeset_id} not found")
     if row.cleaned_at is not None:
-        raise MissingArtifactError(
-            f"changeset {changeset_id} of plan {row.plan_id} was cleaned up at "
-            f"{row.cleaned_at.isoformat()}; its entries are gone"
-        )
+        raise MissingArtifactError.cleaned_up(changeset_id, row.plan_id, row.cleaned_at)
     return row
 
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Connection, Engine, inspect, text
 from sqlalchemy.exc import SQLAlchemyError
 
+from changeledger.constants import SCHEMA_HEAD
 from changeledger.domain.errors import NotFoundError, StorageError
 from changeledger.storage.engine import WRITE_OPTION
 from changeledger.storage.retry import database_retry, wrap_storage_error
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
     from alembic.config import Config
 
 #: The newest migration this code knows. A test keeps it equal to Alembic's head.
-HEAD_REVISION = "0002"
+HEAD_REVISION = SCHEMA_HEAD
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 

@@ -231,9 +231,7 @@ class SqlChangeSetStore:
         with self._uow.connect(write=False) as conn:
             found = blobs.get_blobs(conn, [key])
         if key not in found:
-            raise MissingArtifactError(
-                f"blob {key} is missing from the ledger (cleaned up, or the database is damaged)"
-            )
+            raise MissingArtifactError.blobs([key])
         return found[key]
 
     @database_retry("read blobs")
@@ -245,10 +243,7 @@ class SqlChangeSetStore:
                 found.update(blobs.get_blobs(conn, wanted[start : start + 500]))
         missing = [d for d in wanted if d not in found]
         if missing:
-            raise MissingArtifactError(
-                f"blob {missing[0]} is missing from the ledger "
-                f"({len(missing)} of {len(wanted)} asked for)"
-            )
+            raise MissingArtifactError.blobs(missing, len(wanted))
         return found
 
     @database_retry("check blobs")
@@ -326,10 +321,7 @@ def _raise_missing(conn: Connection, changeset_id: str) -> NoReturn:
     row = conn.execute(SELECT_CHANGESET, {"cs_id": changeset_id}).one_or_none()
     if row is None:
         raise NotFoundError(f"changeset {changeset_id} not found")
-    raise MissingArtifactError(
-        f"changeset {changeset_id} of plan {row.plan_id} was cleaned up at "
-        f"{row.cleaned_at.isoformat()}; its entries are gone"
-    )
+    raise MissingArtifactError.cleaned_up(changeset_id, row.plan_id, row.cleaned_at)
 
 
 def _insert_entries(

@@ -31,13 +31,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from changeledger.constants import LEDGER_DIR
+from changeledger.constants import JOURNAL_DIR, LEDGER_DIR
 from changeledger.domain.errors import ApplyError, ChangeLedgerError, WorkspaceError
 from changeledger.domain.models import ChangeEntry, ChangeOperation, sha256_hex
 from changeledger.workspace.confine import Workspace
 from changeledger.workspace.staged import DEFAULT_MODE
 
-JOURNAL_DIR = "journal"
 LOCK_FILE = "apply.lock"
 
 #: Test seams: SIGKILL this process, or fail as a full disk does, at the N-th filesystem
