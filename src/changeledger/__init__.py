@@ -38,7 +38,7 @@ if TYPE_CHECKING:
         ToolCall,
         ToolInvocation,
     )
-    from changeledger.domain.store import ChangeSetStore, PlanStore
+    from changeledger.domain.store import ChangeSetReader, ChangeSetStore, PlanReader, PlanStore
     from changeledger.services.execution import PlanRun, PlanService, ToolResult
     from changeledger.services.plan_apply_service import PlanApplyService
     from changeledger.storage.ledger import Ledger
@@ -60,6 +60,7 @@ _EXPORTS: dict[str, str] = {
     "ChangeLedgerError": "changeledger.domain.errors",
     "ChangeOperation": "changeledger.domain.models",
     "ChangeSetEntryRepository": "changeledger.storage.repositories",
+    "ChangeSetReader": "changeledger.domain.store",
     "ChangeSetStore": "changeledger.domain.store",
     "ChangeSetSummary": "changeledger.domain.models",
     "CleanupResult": "changeledger.domain.models",
@@ -81,6 +82,7 @@ _EXPORTS: dict[str, str] = {
     "tool": "changeledger.workspace.tools",
     "PlanError": "changeledger.domain.models",
     "PlanState": "changeledger.domain.models",
+    "PlanReader": "changeledger.domain.store",
     "PlanStore": "changeledger.domain.store",
     "SpecChangeSet": "changeledger.domain.models",
     "SqlChangeSetStore": "changeledger.storage.store",
@@ -114,6 +116,7 @@ __all__ = [
     "ChangeLedgerError",
     "ChangeOperation",
     "ChangeSetEntryRepository",
+    "ChangeSetReader",
     "ChangeSetStore",
     "ChangeSetSummary",
     "CleanupResult",
@@ -128,6 +131,7 @@ __all__ = [
     "Plan",
     "PlanApplyService",
     "PlanError",
+    "PlanReader",
     "PlanRun",
     "PlanService",
     "PlanState",
