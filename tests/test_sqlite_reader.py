@@ -13,6 +13,7 @@ import sqlite3
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -195,7 +196,7 @@ def test_summaries_blobs_and_errors_match(
         assert fast.read_blob(present) == slow.read_blob(present) == b"x\n" * 100
         assert fast.read_blobs([present]) == slow.read_blobs([present])
         assert fast.missing_blobs([gone, present]) == slow.missing_blobs([gone, present]) == [gone]
-        for call in (
+        calls: list[Callable[[ChangeSetReader], Any]] = [
             lambda store: store.summarize(cancelled),
             lambda store: store.get(cancelled),
             lambda store: store.get(unknown),
@@ -203,8 +204,9 @@ def test_summaries_blobs_and_errors_match(
             lambda store: store.read_blobs([gone, present]),
             lambda store: store.read_blob("abc"),
             lambda store: store.get_for_plan(unknown),
-        ):
-            assert _outcome(lambda c=call: c(fast)) == _outcome(lambda c=call: c(slow))
+        ]
+        for call in calls:
+            assert _outcome(partial(call, fast)) == _outcome(partial(call, slow))
         with pytest.raises(MissingArtifactError, match="was cleaned up at"):
             fast.get(cancelled)
         with pytest.raises(NotFoundError):
