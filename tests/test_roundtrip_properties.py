@@ -195,15 +195,17 @@ def test_any_tool_call_persists_and_loads_back_equal(
     loaded = ledger.changesets.get(changeset.id)
     assert loaded.invocations == (invocation,)
     (got,) = loaded.invocations
+    # What is written is the call with its secrets masked (``domain.redact``).
+    written = ledger.redactor.tool_call(call.validated())
     assert got.tool_name == call.tool_name
-    assert got.arguments == call.arguments
-    assert got.result == call.result
-    assert got.provider_metadata == call.provider_metadata
+    assert got.arguments == written.arguments
+    assert got.result == written.result
+    assert got.provider_metadata == written.provider_metadata
     assert got.resource_refs == tuple(call.resource_refs)
     assert (got.status, got.error_type, got.error_message) == (
         call.status,
         call.error_type,
-        call.error_message,
+        written.error_message,
     )
     assert got.started_at == call.started_at
     if call.finished_at is not None:

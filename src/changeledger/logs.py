@@ -51,13 +51,21 @@ class LazyLogger:
         return structlog.get_logger(self._name)
 
     def debug(self, event: str, **fields: Any) -> None:
-        self._logger().debug(event, **fields)
+        self._logger().debug(event, **_redacted(fields))
 
     def info(self, event: str, **fields: Any) -> None:
-        self._logger().info(event, **fields)
+        self._logger().info(event, **_redacted(fields))
 
     def warning(self, event: str, **fields: Any) -> None:
-        self._logger().warning(event, **fields)
+        self._logger().warning(event, **_redacted(fields))
+
+
+def _redacted(fields: dict[str, Any]) -> dict[str, Any]:
+    """Log fields with secrets masked (an error message may quote a token)."""
+    from changeledger.domain.redact import default_redactor
+
+    redactor = default_redactor()
+    return {key: redactor.value(value) for key, value in fields.items()}
 
 
 def get_logger(name: str) -> LazyLogger:

@@ -7,6 +7,7 @@ the error's exit code. Anything else is a bug: one line, exit 1, traceback with 
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 import traceback
@@ -76,6 +77,12 @@ def run(
         # Renderers may stream (a long diff), so errors while rendering count too.
         render_to(envelope, fmt, tracked)
         _flush()
+    except BrokenPipeError:
+        # The reader stopped reading (``| head``): not an error. Python would report the
+        # pipe again when it flushes stdout at exit, so point stdout at nothing first.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
     except ChangeLedgerError as exc:
         _flush()
         _fail(

@@ -11,6 +11,7 @@ import changeledger.render.diff
 import changeledger.render.review  # noqa: F401 - registers the rich review renderers
 from changeledger.cli.common import open_review
 from changeledger.cli.output import format_option, run
+from changeledger.domain.errors import ValidationError
 from changeledger.render import FORMATS
 
 if TYPE_CHECKING:
@@ -39,6 +40,11 @@ def status(ctx: click.Context, plan_id: str, fmt: str | None) -> None:
 )
 @click.option("--entries", is_flag=True, help="One diff per recorded change, in order.")
 @click.option(
+    "--show-secrets",
+    is_flag=True,
+    help="Show the lines of sensitive files (.env, keys...) instead of masking them.",
+)
+@click.option(
     "--format",
     "fmt",
     type=click.Choice((*FORMATS, "patch")),
@@ -53,6 +59,7 @@ def diff(
     stat: bool,
     paths: tuple[str, ...],
     entries: bool,
+    show_secrets: bool,
     fmt: str | None,
 ) -> None:
     """Show the plan's changes as a real diff of the stored contents."""
@@ -60,8 +67,24 @@ def diff(
     def body() -> Mapping[str, Any]:
         review = _review(ctx)
         plan, changeset = review.changeset(plan_id)
+        if changeset is not None and fmt == "patch" and not show_secrets:
+            # A masked patch would not apply: refuse rather than write a wrong one.
+            sensitive = review.sensitive_paths(changeset, paths=paths, per_entry=entries)
+            if sensitive:
+                raise ValidationError(
+                    f"the patch would include the sensitive file {sensitive[0]}"
+                    f"{f' and {len(sensitive) - 1} more' if len(sensitive) > 1 else ''}; "
+                    "pass --show-secrets to write its content, or narrow it with --path",
+                    field="show_secrets",
+                )
         files = (
-            review.diffs(changeset, paths=paths, per_entry=entries, keep_content=True)
+            review.diffs(
+                changeset,
+                paths=paths,
+                per_entry=entries,
+                keep_content=True,
+                show_secrets=show_secrets,
+            )
             if changeset is not None
             else iter(())
         )

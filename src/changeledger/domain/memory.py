@@ -31,6 +31,7 @@ from changeledger.domain.models import (
     sha256_hex,
     utcnow,
 )
+from changeledger.domain.redact import Redactor
 from changeledger.domain.validation import (
     check_digest,
     check_text,
@@ -42,9 +43,10 @@ from changeledger.domain.validation import (
 class InMemoryPlanStore:
     """A ``PlanStore`` kept in a dictionary."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, redactor: Redactor | None = None) -> None:
         self._plans: dict[str, Plan] = {}
         self._lock = threading.RLock()
+        self.redactor = Redactor.from_env() if redactor is None else redactor
 
     def create(
         self,
@@ -87,6 +89,7 @@ class InMemoryPlanStore:
     ) -> Plan:
         with self._lock:
             if error is not None:
+                error = self.redactor.plan_error(error)
                 error = replace(error, message=storable_text(error.message) or "")
             plan = self.get(plan_id).transitioned(PlanState(target), error=error)
             self._plans[plan.id] = plan
@@ -113,8 +116,11 @@ class _ChangeSetRow:
 class InMemoryChangeSetStore:
     """A ``ChangeSetStore`` kept in dictionaries, checked against an ``InMemoryPlanStore``."""
 
-    def __init__(self, plans: InMemoryPlanStore | None = None) -> None:
-        self.plans = plans if plans is not None else InMemoryPlanStore()
+    def __init__(
+        self, plans: InMemoryPlanStore | None = None, *, redactor: Redactor | None = None
+    ) -> None:
+        self.redactor = Redactor.from_env() if redactor is None else redactor
+        self.plans = plans if plans is not None else InMemoryPlanStore(redactor=self.redactor)
         self._changesets: dict[str, _ChangeSetRow] = {}
         self._blobs: dict[str, bytes] = {}
         self._lock = threading.RLock()
@@ -139,7 +145,7 @@ class InMemoryChangeSetStore:
     def record_invocation(
         self, changeset_id: str, call: ToolCall, changes: Sequence[FileChange] = ()
     ) -> ToolInvocation:
-        call = call.validated()
+        call = self.redactor.tool_call(call.validated())
         call_id = new_id() if call.id is None else check_id(call.id, "id")
         arguments = json_roundtrip(dict(call.arguments), "arguments")
         result = json_roundtrip(call.result, "result")

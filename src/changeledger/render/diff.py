@@ -258,6 +258,7 @@ def file_data(diff: FileDiff, *, hunks: bool = True) -> dict[str, Any]:
         "before_size": diff.before_size,
         "after_size": diff.after_size,
         "tool_name": diff.tool_name,
+        "masked": diff.masked,
         "hunks": [
             {
                 "old_start": h.old_start,

@@ -115,6 +115,8 @@ class PlanRun:
                 ),
             )
             self.invocations.append(invocation)
+            # Say what was recorded, secrets masked; the original stays chained below.
+            message = invocation.error_message or message
             self.error = PlanError(
                 message=f"tool {spec.name} failed: {message}",
                 details={

@@ -10,7 +10,7 @@ import difflib
 import fnmatch
 import re
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from changeledger.domain.errors import MissingArtifactError
@@ -24,6 +24,7 @@ from changeledger.domain.models import (
     ToolInvocation,
     looks_binary,
 )
+from changeledger.domain.redact import Redactor, mask_line
 from changeledger.domain.store import ChangeSetReader, PlanReader
 
 #: Lines of context around each change, as git shows them.
@@ -72,6 +73,8 @@ class FileDiff:
     seq: int | None = None
     before: bytes | None = field(default=None, repr=False, compare=False)
     after: bytes | None = field(default=None, repr=False, compare=False)
+    #: A sensitive file (``.env``, keys...) whose lines are masked in ``hunks``.
+    masked: bool = False
 
 
 @dataclass
@@ -207,9 +210,17 @@ def _emit(out: list[str], prefix: str, lines: Sequence[str]) -> None:
 class ReviewService:
     """Read-only views of plans for people: status, diff, artifacts, invocations."""
 
-    def __init__(self, plans: PlanReader, changesets: ChangeSetReader) -> None:
+    def __init__(
+        self,
+        plans: PlanReader,
+        changesets: ChangeSetReader,
+        *,
+        redactor: Redactor | None = None,
+    ) -> None:
         self.plans = plans
         self.changesets = changesets
+        #: Decides which files are sensitive: their lines are masked in diffs by default.
+        self.redactor = Redactor.from_env() if redactor is None else redactor
 
     def changeset(
         self, plan_id: str, *, invocations: bool = False
@@ -241,15 +252,43 @@ class ReviewService:
         paths: Sequence[str] = (),
         per_entry: bool = False,
         keep_content: bool = False,
+        show_secrets: bool = False,
     ) -> Iterator[FileDiff]:
-        """File diffs, net per file (or one per entry), reading contents a batch at a time."""
-        items = self._entry_items(changeset) if per_entry else self._net_items(changeset)
-        wanted = [item for item in items if _wanted(paths, item["path"], item["old_path"])]
+        """File diffs, net per file (or one per entry), reading contents a batch at a time.
+
+        The lines of sensitive files are masked unless ``show_secrets``.
+        """
+        wanted = self._items(changeset, paths=paths, per_entry=per_entry)
         for start in range(0, len(wanted), BLOB_BATCH):
             batch = wanted[start : start + BLOB_BATCH]
             contents = self._blobs(batch)
             for item in batch:
-                yield self._diff(item, contents, keep_content=keep_content)
+                diff = self._diff(item, contents, keep_content=keep_content)
+                if not show_secrets and self._sensitive(item):
+                    diff = _masked(diff)
+                yield diff
+
+    def sensitive_paths(
+        self, changeset: SpecChangeSet, *, paths: Sequence[str] = (), per_entry: bool = False
+    ) -> list[str]:
+        """The sensitive files among those ``diffs`` would show."""
+        return [
+            item["path"]
+            for item in self._items(changeset, paths=paths, per_entry=per_entry)
+            if self._sensitive(item)
+        ]
+
+    def _items(
+        self, changeset: SpecChangeSet, *, paths: Sequence[str], per_entry: bool
+    ) -> list[dict[str, Any]]:
+        items = self._entry_items(changeset) if per_entry else self._net_items(changeset)
+        return [item for item in items if _wanted(paths, item["path"], item["old_path"])]
+
+    def _sensitive(self, item: dict[str, Any]) -> bool:
+        return any(
+            path is not None and self.redactor.is_sensitive_file(path)
+            for path in (item["path"], item["old_path"])
+        )
 
     @staticmethod
     def _entry_items(changeset: SpecChangeSet) -> list[dict[str, Any]]:
@@ -476,6 +515,21 @@ def _ordered(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     vacated = {i["old_path"] for i in ordered if i["operation"] == "rename"}
     later = [i for i in ordered if i["operation"] == "create" and i["path"] in vacated]
     return [i for i in ordered if i not in later] + later
+
+
+def _masked(diff: FileDiff) -> FileDiff:
+    """``diff`` with every line of its hunks masked (``NAME=`` of assignments kept)."""
+    hunks = tuple(
+        replace(
+            hunk,
+            lines=tuple(
+                line if line == NO_NEWLINE else line[:1] + mask_line(line[1:])
+                for line in hunk.lines
+            ),
+        )
+        for hunk in diff.hunks
+    )
+    return replace(diff, hunks=hunks, masked=True)
 
 
 def _wanted(globs: Sequence[str], path: str, old_path: str | None) -> bool:

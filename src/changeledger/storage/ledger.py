@@ -19,6 +19,7 @@ from sqlalchemy.orm import sessionmaker
 
 from changeledger.constants import LEDGER_DIR
 from changeledger.domain.errors import ValidationError
+from changeledger.domain.redact import Redactor
 from changeledger.storage.engine import (
     create_ledger_engine,
     parse_db,
@@ -43,15 +44,20 @@ _GITIGNORE = "# changeledger's own data: never commit it.\n*\n"
 class Ledger:
     """An open ledger database: plans, changesets, entries, invocations and blobs."""
 
-    def __init__(self, engine: Engine, *, migrate: bool = True) -> None:
+    def __init__(
+        self, engine: Engine, *, migrate: bool = True, redactor: Redactor | None = None
+    ) -> None:
         if not isinstance(engine, Engine):
             raise ValidationError("engine must be a sqlalchemy Engine", field="engine")
         self.engine = engine
         if migrate:
             ensure_schema(engine)
         self.session_factory: SessionFactory = sessionmaker(engine, expire_on_commit=False)
-        self.plans = SqlPlanStore(self.session_factory)
-        self.changesets = SqlChangeSetStore(self.session_factory)
+        #: What is masked in tool calls and plan errors before they are written: the
+        #: built-in rules plus ``CHANGELEDGER_REDACT_*`` unless given.
+        self.redactor = Redactor.from_env() if redactor is None else redactor
+        self.plans = SqlPlanStore(self.session_factory, redactor=self.redactor)
+        self.changesets = SqlChangeSetStore(self.session_factory, redactor=self.redactor)
         self.entries = ChangeSetEntryRepository(self.session_factory)
         self.invocations = ToolInvocationRepository(self.session_factory)
 
@@ -64,6 +70,7 @@ class Ledger:
         migrate: bool = True,
         create: bool = True,
         recover: bool = True,
+        redactor: Redactor | None = None,
     ) -> Ledger:
         """Open ``db`` (URL or SQLite path), else ``$CHANGELEDGER_DB``, else the one above cwd.
 
@@ -78,7 +85,7 @@ class Ledger:
             require_existing(url)
         engine = create_ledger_engine(url)
         try:
-            ledger = cls(engine, migrate=migrate)
+            ledger = cls(engine, migrate=migrate, redactor=redactor)
             if recover and migrate:
                 # The services layer owns apply; importing it here keeps opening one call.
                 from changeledger.services.plan_apply_service import PlanApplyService

@@ -33,6 +33,7 @@ from changeledger.domain.models import (
     sha256_hex,
     utcnow,
 )
+from changeledger.domain.redact import Redactor
 from changeledger.domain.validation import (
     check_digest,
     check_positive_int,
@@ -67,8 +68,12 @@ def _greatest(column: Any, value: int) -> Any:
 class SqlPlanStore:
     """The ``PlanStore`` on SQL: plans and every change of their state."""
 
-    def __init__(self, session_factory: SessionFactory) -> None:
+    def __init__(
+        self, session_factory: SessionFactory, *, redactor: Redactor | None = None
+    ) -> None:
         self._uow = UnitOfWork(session_factory)
+        #: Secrets in a plan's error are masked with these rules before it is written.
+        self.redactor = Redactor.from_env() if redactor is None else redactor
 
     @database_retry("create a plan")
     def create(
@@ -135,6 +140,8 @@ class SqlPlanStore:
             wanted = PlanState(target)
         except ValueError as exc:
             raise ValidationError(f"unknown plan state {target!r}", field="state") from exc
+        if error is not None:
+            error = self.redactor.plan_error(error)
         details = None if error is None else to_json(dict(error.details), "error.details")
         with self._uow.write() as session:
             row = self._row(session, key, lock=True)

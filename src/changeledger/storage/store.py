@@ -29,6 +29,7 @@ from changeledger.domain.models import (
     build_entry,
     utcnow,
 )
+from changeledger.domain.redact import Redactor
 from changeledger.domain.validation import check_digest, json_roundtrip
 from changeledger.storage import blobs
 from changeledger.storage.blobs import rowcount
@@ -69,8 +70,12 @@ from changeledger.storage.tables import (
 class SqlChangeSetStore:
     """Changesets, entries, invocations and blobs in one SQL database."""
 
-    def __init__(self, session_factory: SessionFactory) -> None:
+    def __init__(
+        self, session_factory: SessionFactory, *, redactor: Redactor | None = None
+    ) -> None:
         self._uow = UnitOfWork(session_factory)
+        #: Secrets in tool calls are masked with these rules before anything is written.
+        self.redactor = Redactor.from_env() if redactor is None else redactor
 
     @database_retry("start a changeset")
     def start(self, plan_id: str) -> SpecChangeSet:
@@ -120,7 +125,7 @@ class SqlChangeSetStore:
             raise ValidationError(
                 f"call must be a ToolCall, not {type(call).__name__}", field="call"
             )
-        call = call.validated()
+        call = self.redactor.tool_call(call.validated())
         call_id = new_id() if call.id is None else check_id(call.id, "id")
         valid = [
             replace(c, tool_invocation_id=call_id, tool_name=c.tool_name or call.tool_name)
