@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 
@@ -14,9 +15,11 @@ from changeledger import (
     ConflictError,
     Ledger,
     MissingArtifactError,
+    Plan,
     PlanApplyService,
     PlanService,
     PlanState,
+    PlanStore,
     StateTransitionError,
 )
 from changeledger.domain.models import sha256_hex
@@ -252,6 +255,46 @@ def test_recovery_fails_a_plan_left_applying_without_a_journal(
     report = applier.recover_all()
     assert report.rolled_back == (plan_id,)
     assert plans.plans.get(plan_id).state is PlanState.APPLY_FAILED
+
+
+class _FinishesWhileListed:
+    """A plan store through which another process's apply finishes just after recovery
+    lists the plans that are applying (and before it takes the workspace lock)."""
+
+    def __init__(self, real: PlanStore, finish: Callable[[], None]) -> None:
+        self._real = real
+        self._finish: Callable[[], None] | None = finish
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+    def list(self, state: PlanState | None = None) -> list[Plan]:
+        found = self._real.list(state)
+        if state is PlanState.APPLYING and self._finish is not None:
+            finish, self._finish = self._finish, None
+            finish()
+        return found
+
+
+def test_recovery_leaves_an_apply_that_finished_meanwhile_alone(
+    plans: PlanService, ledger: Ledger, workspace: Path
+) -> None:
+    first = plans.create("first", workspace)
+    second = plans.create("second", workspace)
+    for plan, path in ((first, "old.txt"), (second, "keep.txt")):
+        with plans.execute(plan.id) as run:
+            run.call("write_file", {"path": path, "content": "new\n"})
+    ledger.plans.transition(first.id, PlanState.APPLYING)  # another process is applying it
+
+    def other_process_finishes() -> None:
+        (workspace / "old.txt").write_text("new\n")
+        ledger.plans.transition(first.id, PlanState.APPLIED)
+
+    store = cast(PlanStore, _FinishesWhileListed(ledger.plans, other_process_finishes))
+    PlanApplyService(store, ledger.changesets).apply(second.id)
+    assert ledger.plans.get(first.id).state is PlanState.APPLIED
+    assert ledger.plans.get(second.id).state is PlanState.APPLIED
+    assert (workspace / "keep.txt").read_text() == "new\n"
 
 
 def test_two_plans_on_one_workspace_never_overwrite_each_other(

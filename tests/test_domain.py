@@ -77,7 +77,8 @@ def wrong(value: object) -> Any:
         (".gitignore", ".gitignore"),
         (".github/workflows/ci.yml", ".github/workflows/ci.yml"),
         ("vendor/.git/config", "vendor/.git/config"),
-        ("é" * (MAX_PATH_BYTES // 2), "é" * (MAX_PATH_BYTES // 2)),
+        # The longest path: 4096 bytes, no name above 255 bytes.
+        ("/".join(["é" * 100] * 20) + "/" + "a" * 76,) * 2,
     ],
 )
 def test_normalize_path_accepts_workspace_relative_paths(given: str, expected: str) -> None:
@@ -105,6 +106,7 @@ def test_normalize_path_accepts_workspace_relative_paths(given: str, expected: s
         ("src/../.changeledger/x", ".changeledger/"),
         ("a" * (MAX_PATH_BYTES + 1), "longer than"),
         ("é" * (MAX_PATH_BYTES // 2 + 1), "longer than"),
+        ("dir/" + "é" * 128 + ".txt", "name longer than 255 bytes"),
     ],
 )
 def test_normalize_path_refuses_paths_outside_or_reserved(given: str, reason: str) -> None:

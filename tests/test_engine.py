@@ -61,7 +61,8 @@ def test_the_environment_beats_walking_up_and_an_explicit_db_beats_both(
     from_env = tmp_path / "elsewhere" / "env.db"
     monkeypatch.setenv(ENV_DB, str(from_env))
     assert resolve_db(None, nested) == sqlite_url(from_env)
-    assert resolve_db("", nested) == sqlite_url(from_env)
+    with pytest.raises(ValidationError, match="must not be empty"):
+        resolve_db("", nested)  # an empty --db ("$UNSET") is a mistake, never a fallback
     explicit = "postgresql+psycopg://agent@db.example.com/ledger"
     assert resolve_db(explicit, nested) == make_url(explicit)
     monkeypatch.setenv(ENV_DB, "   ")  # blank counts as unset

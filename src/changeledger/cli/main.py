@@ -12,7 +12,7 @@ from changeledger import __version__, logs
 from changeledger.cli import db as db_commands
 from changeledger.cli import plan as plan_commands
 from changeledger.cli import review as review_commands
-from changeledger.cli.output import CliState, LedgerGroup, format_option, run
+from changeledger.cli.output import CliState, LedgerGroup, format_option, run, workspace_path
 from changeledger.constants import ENV_DB
 
 
@@ -36,7 +36,8 @@ def cli(ctx: click.Context, db: str | None, debug: bool) -> None:
 @cli.command()
 @click.option(
     "--workspace",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=click.Path(file_okay=False),
+    callback=workspace_path,
     default=".",
     show_default=True,
     help="Workspace root that gets .changeledger/ledger.db.",

@@ -13,6 +13,7 @@ import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, NoReturn
 
 import click
@@ -37,6 +38,15 @@ def format_option(fn: Callable[..., Any]) -> Callable[..., Any]:
         default=None,
         help="Output format: rich on a terminal, plain otherwise.",
     )(fn)
+
+
+def workspace_path(_ctx: click.Context, _param: click.Parameter, value: str | None) -> Any:
+    """``--workspace`` as a ``Path``; an empty one is a mistake, not the current directory."""
+    if value is None:
+        return None
+    if not value.strip():
+        raise click.BadParameter("must not be empty")
+    return Path(value)
 
 
 def default_format() -> str:
@@ -143,6 +153,18 @@ class LedgerGroup(click.Group):
         except click.Abort:
             click.echo("error: aborted", err=True)
             raise SystemExit(1) from None
+        except ValueError as exc:
+            # An argument click could not even look at (a NUL byte in a path given
+            # through the API): a usage error, not a crash.
+            _fail(
+                "changeledger",
+                _format_in(argv),
+                utcnow(),
+                time.perf_counter(),
+                code=2,
+                kind="UsageError",
+                message=f"invalid argument: {exc}",
+            )
         if not standalone_mode:
             return code
         raise SystemExit(code if isinstance(code, int) else 0)
@@ -180,6 +202,20 @@ def _flush() -> None:
         buffer.flush()
 
 
+#: An error line longer than this is cut (a huge argument quoted in a message).
+MAX_ERROR_CHARS = 1000
+
+
+def one_line(message: str) -> str:
+    """``message`` as one printable line of at most ``MAX_ERROR_CHARS`` characters."""
+    line = " ".join(message.split())
+    line = line.encode("utf-8", "backslashreplace").decode("utf-8")
+    if len(line) > MAX_ERROR_CHARS:
+        cut = len(line) - MAX_ERROR_CHARS
+        line = f"{line[: MAX_ERROR_CHARS - 40]} ... ({cut + 40} characters cut)"
+    return line
+
+
 def _fail(
     command: str,
     fmt: str,
@@ -191,7 +227,7 @@ def _fail(
     message: str,
     details: Mapping[str, Any] | None = None,
 ) -> NoReturn:
-    line = " ".join(message.split())
+    line = one_line(message)
     click.echo(f"error: {line}", err=True)
     if fmt in {"json", "yaml"}:
         envelope = Envelope(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -9,7 +10,7 @@ from typing import Any
 import click
 
 from changeledger.cli.common import open_ledger, plan_data
-from changeledger.cli.output import format_option, run
+from changeledger.cli.output import format_option, run, workspace_path
 from changeledger.domain.errors import ChangeLedgerError, ToolError, ValidationError
 
 STATES = (
@@ -33,7 +34,8 @@ def plan() -> None:
 @click.argument("title")
 @click.option(
     "--workspace",
-    type=click.Path(path_type=Path),
+    type=click.Path(),
+    callback=workspace_path,
     default=".",
     show_default=True,
     help="Workspace root the plan changes.",
@@ -78,7 +80,8 @@ def list_plans(ctx: click.Context, state: str | None, fmt: str | None) -> None:
 @click.option("--plan", "plan_id", metavar="ID", help="Continue this plan instead of a new one.")
 @click.option(
     "--workspace",
-    type=click.Path(path_type=Path),
+    type=click.Path(),
+    callback=workspace_path,
     default=None,
     help="Workspace root for a new plan [default: the current directory].",
 )
@@ -157,6 +160,13 @@ def _execute_steps(service: Any, plan_id: str, steps: Any) -> Mapping[str, Any]:
     }
 
 
+def _seconds(value: float | None) -> float | None:
+    """A timeout: a finite number of seconds above 0 (checked before anything runs)."""
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise click.BadParameter(f"{value} is not a number of seconds above 0")
+    return value
+
+
 def _registry() -> Any:
     from changeledger.workspace.exec_tool import exec_command
     from changeledger.workspace.tools import BUILTINS
@@ -169,7 +179,13 @@ def _registry() -> Any:
 @plan.command(name="exec", context_settings={"ignore_unknown_options": True})
 @click.argument("plan_id", metavar="PLAN")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
-@click.option("--timeout", type=float, default=None, help="Seconds before the command is killed.")
+@click.option(
+    "--timeout",
+    type=float,
+    default=None,
+    callback=lambda _ctx, _param, value: _seconds(value),
+    help="Seconds before the command is killed.",
+)
 @format_option
 @click.pass_context
 def exec_(

@@ -16,6 +16,32 @@ RESERVED_DIRS: frozenset[str] = frozenset({".changeledger", ".git"})
 
 #: Longest path accepted, in bytes of its UTF-8 encoding (PATH_MAX on Linux).
 MAX_PATH_BYTES = 4096
+#: Longest path segment (file or directory name) accepted, in bytes (NAME_MAX).
+MAX_NAME_BYTES = 255
+
+
+def check_glob(value: object, name: str = "pattern") -> str:
+    """Return ``value`` if it is a glob over workspace-relative paths, else raise.
+
+    Refused like paths: NUL bytes, absolute or drive-qualified patterns, backslashes and
+    ``..`` segments, which could only ever match outside the workspace.
+    """
+    if not isinstance(value, str):
+        raise WorkspaceError(f"{name} must be a string, not {type(value).__name__}", field=name)
+    if "\x00" in value:
+        raise WorkspaceError(f"{name} {value!r} contains a NUL byte", field=name)
+    if "\\" in value:
+        raise WorkspaceError(
+            f"{name} {value!r} contains a backslash; use '/' between path segments", field=name
+        )
+    if value.startswith("/") or (len(value) > 1 and value[1] == ":"):
+        raise WorkspaceError(
+            f"{name} {value!r} is absolute; give a pattern relative to the workspace root",
+            field=name,
+        )
+    if ".." in value.split("/"):
+        raise WorkspaceError(f"{name} {value!r} reaches outside the workspace", field=name)
+    return value
 
 
 def normalize_path(value: object, name: str = "path") -> str:
@@ -47,6 +73,11 @@ def normalize_path(value: object, name: str = "path") -> str:
     if encoded_len > MAX_PATH_BYTES:
         raise WorkspaceError(f"{name} is longer than {MAX_PATH_BYTES} bytes", field=name)
     normal = posixpath.normpath(value)
+    if any(len(part.encode("utf-8")) > MAX_NAME_BYTES for part in normal.split("/")):
+        raise WorkspaceError(
+            f"{name} has a file or directory name longer than {MAX_NAME_BYTES} bytes",
+            field=name,
+        )
     if normal in {".", ".."} or normal.startswith("../"):
         raise WorkspaceError(f"{name} {value!r} is outside the workspace", field=name)
     top = normal.split("/", 1)[0]

@@ -19,13 +19,21 @@ def check_text(value: object, name: str) -> str:
         raise ValidationError(f"{name} must be a non-empty string", field=name)
     if "\x00" in value:
         raise ValidationError(f"{name} contains a NUL byte", field=name)
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValidationError(f"{name} is not valid UTF-8 text", field=name) from exc
     return value.strip()
 
 
 def storable_text(value: str | None) -> str | None:
-    """Free text (an error message) with NUL characters escaped: PostgreSQL's text
-    columns cannot hold them, and an error must be recordable whatever it says."""
-    return None if value is None else value.replace("\x00", "\\x00")
+    """Free text (an error message) with NUL characters and lone surrogates (bytes that
+    were not UTF-8) escaped: text columns cannot hold them, and an error must be
+    recordable whatever it says."""
+    if value is None:
+        return None
+    safe = value.encode("utf-8", "backslashreplace").decode("utf-8")
+    return safe.replace("\x00", "\\x00")
 
 
 def check_positive_int(value: object, name: str) -> int:

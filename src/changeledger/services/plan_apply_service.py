@@ -175,17 +175,15 @@ class PlanApplyService:
         """
         rolled_back: list[str] = []
         finished: list[str] = []
-        journals = pending_journals(workspace)
-        stuck = [
-            p.id
-            for p in self.plans.list(PlanState.APPLYING)
-            if p.workspace == str(workspace.root) and p.id not in journals
-        ]
+        journals, stuck = self._unfinished(workspace)
         if not journals and not stuck:
             return RecoveryReport()
         with workspace_lock(workspace, blocking=False) as acquired:
             if not acquired:
                 return RecoveryReport(busy=tuple(journals + stuck))
+            # Look again under the lock: an apply that held it a moment ago may have
+            # finished since, and its plan is then applied, not stuck.
+            journals, stuck = self._unfinished(workspace)
             for plan_id in stuck:
                 # Died after the ledger said "applying" and before the journal: no file
                 # was written.
@@ -233,6 +231,17 @@ class PlanApplyService:
             rolled_back.extend(report.rolled_back)
             busy.extend(report.busy)
         return RecoveryReport(rolled_back=tuple(rolled_back), busy=tuple(busy))
+
+    def _unfinished(self, workspace: Workspace) -> tuple[list[str], list[str]]:
+        """Plans with a journal left in ``workspace``, and plans the ledger shows applying
+        there without one."""
+        journals = pending_journals(workspace)
+        stuck = [
+            p.id
+            for p in self.plans.list(PlanState.APPLYING)
+            if p.workspace == str(workspace.root) and p.id not in journals
+        ]
+        return journals, stuck
 
     def _state_of(self, plan_id: str) -> PlanState | None:
         try:

@@ -14,12 +14,15 @@ the field, e.g. ``steps[2].args.path``.
 from __future__ import annotations
 
 import json
+import os
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from changeledger.domain.errors import ValidationError, WorkspaceError
+from changeledger.domain.paths import check_glob
 from changeledger.workspace.confine import Workspace
 from changeledger.workspace.patch import parse_patch
 from changeledger.workspace.tools import ToolRegistry
@@ -49,7 +52,25 @@ def load_plan_file(path: Path) -> PlanFile:
     """Read and shape-check a plan file; ``ValidationError`` with a clear message if bad."""
     name = str(path)
     try:
-        raw = path.read_bytes()
+        return _load(path, name)
+    except RecursionError as exc:
+        raise ValidationError(f"plan file {name} nests too deeply", field="file") from exc
+
+
+def _read(path: Path, name: str) -> bytes:
+    """The file's bytes: a regular file of at most ``MAX_PLAN_FILE_BYTES`` (``/dev/zero``
+    or a FIFO would never end)."""
+    try:
+        kind = path.stat().st_mode
+        if stat.S_ISDIR(kind):
+            raise IsADirectoryError
+        # Checked before opening as well: opening a FIFO would wait for a writer.
+        if not stat.S_ISREG(kind):
+            raise ValidationError(f"plan file {name} is not a regular file", field="file")
+        with path.open("rb") as handle:
+            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+                raise ValidationError(f"plan file {name} is not a regular file", field="file")
+            raw = handle.read(MAX_PLAN_FILE_BYTES + 1)
     except FileNotFoundError:
         raise ValidationError(f"plan file {name} does not exist", field="file") from None
     except IsADirectoryError:
@@ -58,6 +79,11 @@ def load_plan_file(path: Path) -> PlanFile:
         raise ValidationError(f"plan file {name} cannot be read: {exc.strerror}", "file") from exc
     if len(raw) > MAX_PLAN_FILE_BYTES:
         raise ValidationError(f"plan file {name} is larger than 16 MiB", field="file")
+    return raw
+
+
+def _load(path: Path, name: str) -> PlanFile:
+    raw = _read(path, name)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -145,6 +171,13 @@ def validate_plan_file(plan: PlanFile, registry: ToolRegistry, workspace: Worksp
             value = step.args.get(key)
             if value is not None:
                 _check_path(workspace, value, f"{where}.args.{key}")
+        pattern = step.args.get("pattern")
+        if pattern is not None:
+            try:
+                check_glob(pattern)
+            except WorkspaceError as exc:
+                where_pattern = f"{where}.args.pattern"
+                raise WorkspaceError(f"{where_pattern}: {exc.message}", where_pattern) from exc
         patch = step.args.get("patch")
         if step.tool == "apply_patch" and isinstance(patch, str):
             try:

@@ -53,8 +53,8 @@ def parse_db(value: str) -> URL:
 
 def resolve_db(db: str | None, cwd: Path | None = None) -> URL:
     """The database to use: ``db``, else ``$CHANGELEDGER_DB``, else the ledger found above cwd."""
-    if db:
-        return parse_db(db)
+    if db is not None:
+        return parse_db(db)  # an empty --db is a mistake, not "use the default"
     env = os.environ.get(ENV_DB, "")
     if env.strip():
         return parse_db(env)
@@ -85,8 +85,13 @@ def require_existing(url: URL) -> None:
         return
     if database.startswith("file:"):
         return
-    if not Path(database).is_file():
+    path = Path(database)
+    if not path.is_file():
         raise NotFoundError(f"no ledger at {database}; run 'changeledger init' to create one")
+    if path.stat().st_size == 0:
+        raise NotFoundError(
+            f"{database} is an empty file, not a ledger; run 'changeledger init' to create one"
+        )
 
 
 def prepare_sqlite_file(url: URL) -> None:
@@ -107,7 +112,42 @@ def create_ledger_engine(url: URL | str, *, echo: bool = False) -> Engine:
     return create_engine(url, echo=echo, pool_pre_ping=True)
 
 
+def refuse_foreign(path: Path) -> None:
+    """Raise ``NotFoundError`` when the SQLite file at ``path`` holds another program's
+    tables: it is not made into a ledger (not even switched to WAL mode). Read with the
+    stdlib driver, read-only, before any engine touches the file."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    try:
+        connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    except sqlite3.Error:
+        return  # the engine reports what is wrong with the file
+    try:
+        tables = {
+            name
+            for (name,) in connection.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+            )
+        }
+    except sqlite3.Error:
+        return
+    finally:
+        connection.close()
+    from changeledger.storage.models import Base
+
+    foreign = sorted(tables - set(Base.metadata.tables) - {"alembic_version"})
+    if foreign:
+        raise NotFoundError(
+            f"{path} is not a changeledger ledger: it holds other tables "
+            f"({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}); "
+            "point --db at a ledger or at a new file"
+        )
+
+
 def _sqlite_engine(url: URL, *, echo: bool) -> Engine:
+    database = url.database
+    if database and database != ":memory:" and not database.startswith("file:"):
+        refuse_foreign(Path(database))
     prepare_sqlite_file(url)
     engine = create_engine(url, echo=echo)
 

@@ -32,9 +32,14 @@ def sqlite_file(db: str | None, cwd: Path | None = None) -> Path | None:
     ``cwd``) names, or ``None`` when it names something else: a server, a URL with options,
     a file that does not exist. ``None`` sends the caller down the general path, which
     also reports every error."""
-    value = (db or "").strip() or os.environ.get(ENV_DB, "").strip()
-    if not value:
-        return find_ledger(cwd or Path.cwd())
+    if db is not None:
+        value = db.strip()
+        if not value:
+            return None  # the general path says what is wrong
+    else:
+        value = os.environ.get(ENV_DB, "").strip()
+        if not value:
+            return find_ledger(cwd or Path.cwd())
     if "://" in value:
         prefix = next((p for p in _SQLITE_PREFIXES if value.startswith(p)), None)
         if prefix is None or "?" in value:

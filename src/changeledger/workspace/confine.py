@@ -53,27 +53,34 @@ class Workspace:
     def locate(self, rel: str, name: str = "path") -> Path:
         """The on-disk location of normalised ``rel``, refusing symlink escapes."""
         target = self.root / rel
-        # Every existing ancestor must resolve inside the root.
+        # Every existing ancestor must resolve inside the root, and not into a reserved
+        # directory: what a symlink points at, followed by the rest of the path.
         current = self.root
         parts = rel.split("/")
         for index, part in enumerate(parts):
             current = current / part
-            if not current.is_symlink():
-                if not current.exists():
-                    break
-                continue
-            resolved = current.resolve()
+            link = "/".join(parts[: index + 1])
+            try:
+                if not current.is_symlink():
+                    if not current.exists():
+                        break
+                    continue
+                resolved = current.resolve()
+            except (OSError, RuntimeError) as exc:  # a loop, a name too long...
+                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+                raise WorkspaceError(
+                    f"{name} {rel!r} cannot be followed at {link}: {reason}", field=name
+                ) from exc
             if not _inside(resolved, self.root):
                 raise WorkspaceError(
-                    f"{name} {rel!r} leads through the symlink {'/'.join(parts[: index + 1])} "
-                    "to outside the workspace",
+                    f"{name} {rel!r} leads through the symlink {link} to outside the workspace",
                     field=name,
                 )
-            inner = resolved.relative_to(self.root).as_posix()
-            if inner.split("/", 1)[0] in RESERVED_DIRS:
+            effective = resolved.joinpath(*parts[index + 1 :]).relative_to(self.root)
+            top = effective.parts[0] if effective.parts else ""
+            if top in RESERVED_DIRS:
                 raise WorkspaceError(
-                    f"{name} {rel!r} leads through a symlink into {inner.split('/', 1)[0]}/",
-                    field=name,
+                    f"{name} {rel!r} leads through the symlink {link} into {top}/", field=name
                 )
         return target
 

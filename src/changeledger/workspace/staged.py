@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from changeledger.domain.errors import ValidationError, WorkspaceError
 from changeledger.domain.models import ChangeEntry, ChangeOperation, FileChange
+from changeledger.domain.paths import check_glob
 from changeledger.workspace.confine import MAX_FILE_BYTES, FileState, Workspace
 
 #: Default permission bits for files a plan creates.
@@ -95,6 +96,7 @@ class StagedView:
         names.update(p for p, staged in self._overlay.items() if staged is not None)
         found = sorted(names)
         if pattern:
+            check_glob(pattern)
             found = [p for p in found if fnmatch.fnmatchcase(p, pattern)]
         return found
 
