@@ -130,7 +130,7 @@ class Redactor:
     _keys: frozenset[str] = field(init=False, repr=False, compare=False)
     _tokens: re.Pattern[str] = field(init=False, repr=False, compare=False)
     _kinds: tuple[str, ...] = field(init=False, repr=False, compare=False)
-    _files: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    _files: re.Pattern[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         kinds: list[str] = []
@@ -159,7 +159,10 @@ class Redactor:
         object.__setattr__(self, "_tokens", re.compile("|".join(alternatives)))
         object.__setattr__(self, "_kinds", tuple(kinds))
         object.__setattr__(self, "_keys", frozenset(_normal(k) for k in self.keys if k.strip()))
-        object.__setattr__(self, "_files", (*SENSITIVE_FILES, *self.sensitive_files))
+        globs = (*SENSITIVE_FILES, *self.sensitive_files)
+        # One regular expression for every glob: a diff asks about every file it shows.
+        files = "|".join(f"(?:{fnmatch.translate(glob)})" for glob in globs)
+        object.__setattr__(self, "_files", re.compile(files))
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Redactor:
@@ -182,10 +185,7 @@ class Redactor:
     def is_sensitive_file(self, path: str) -> bool:
         """Whether the workspace file at ``path`` holds secrets as a whole."""
         name = path.rstrip("/").rsplit("/", 1)[-1]
-        return any(
-            fnmatch.fnmatchcase(name, glob) or fnmatch.fnmatchcase(path, glob)
-            for glob in self._files
-        )
+        return bool(self._files.match(name) or self._files.match(path))
 
     # -- values -------------------------------------------------------------------------
 
