@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -357,7 +361,8 @@ def test_a_path_with_a_nul_byte_is_refused(service: PlanService, workspace: Path
     plan = service.create("nul", workspace)
     with pytest.raises(ToolError, match="NUL byte"), service.execute(plan.id) as run:
         run.call("write_file", {"path": "a\x00b", "content": "x"})
-    assert sorted(p.name for p in workspace.iterdir()) == ["data.bin", "notes.txt", "src"]
+    written = sorted(p.name for p in workspace.iterdir() if p.name != ".changeledger")
+    assert written == ["data.bin", "notes.txt", "src"]
 
 
 def test_apply_patch_creates_modifies_deletes_and_renames(
@@ -453,3 +458,80 @@ def test_files_are_created_next_to_existing_ones_in_nested_directories(
             "src/pkg/mod.py",
         ]
     }
+
+
+# -- a run whose process died, and a run that is still going ---------------------------------
+
+CHILD_RUN = """
+import os, signal, sys, time
+from pathlib import Path
+from changeledger import Ledger, PlanService
+
+db, plan_id, mode, sync = sys.argv[1:5]
+with Ledger.open(db) as ledger:
+    service = PlanService(ledger.plans, ledger.changesets)
+    with service.execute(plan_id) as run:
+        run.call("write_file", {"path": "from-child.txt", "content": "child\\n"})
+        if mode == "die":
+            os.kill(os.getpid(), signal.SIGKILL)
+        Path(sync, "running").touch()
+        while not Path(sync, "stop").exists():
+            time.sleep(0.02)
+"""
+
+
+def _child(tmp_path: Path, plan_id: str, mode: str) -> subprocess.Popen[str]:
+    sync = tmp_path / f"sync-{mode}"
+    sync.mkdir()
+    return subprocess.Popen(
+        [sys.executable, "-c", CHILD_RUN, str(tmp_path / "ledger.db"), plan_id, mode, str(sync)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_a_plan_left_executing_by_a_killed_process_is_continued(
+    service: PlanService, workspace: Path, tmp_path: Path
+) -> None:
+    plan = service.create("agent that dies", workspace)
+    child = _child(tmp_path, plan.id, "die")
+    _, stderr = child.communicate(timeout=60)
+    assert child.returncode == -signal.SIGKILL, stderr
+    assert service.plans.get(plan.id).state is PlanState.EXECUTING  # nobody said otherwise
+
+    with service.execute(plan.id) as run:
+        assert run.view.read("from-child.txt") == b"child\n"  # the dead run's work is kept
+        run.call("write_file", {"path": "after.txt", "content": "after\n"})
+    assert service.plans.get(plan.id).state is PlanState.EXECUTED
+    changeset = service.changesets.get_for_plan(plan.id)
+    assert changeset is not None
+    assert [(e.seq, e.path) for e in changeset.entries] == [
+        (1, "from-child.txt"),
+        (2, "after.txt"),
+    ]
+    assert [i.seq for i in changeset.invocations] == [1, 2]
+    assert not list((workspace / ".changeledger" / "exec").iterdir())  # lock file removed
+
+
+def test_a_plan_a_live_process_is_executing_is_refused(
+    service: PlanService, workspace: Path, tmp_path: Path
+) -> None:
+    plan = service.create("busy", workspace)
+    child = _child(tmp_path, plan.id, "hold")
+    sync = tmp_path / "sync-hold"
+    try:
+        deadline = time.monotonic() + 60
+        while not (sync / "running").exists():
+            assert child.poll() is None, child.communicate()[1]
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        busy = "being executed by another process"
+        with pytest.raises(StateTransitionError, match=busy), service.execute(plan.id):
+            pass
+        assert service.plans.get(plan.id).state is PlanState.EXECUTING
+    finally:
+        (sync / "stop").touch()
+        _, stderr = child.communicate(timeout=60)
+    assert child.returncode == 0, stderr
+    assert service.plans.get(plan.id).state is PlanState.EXECUTED

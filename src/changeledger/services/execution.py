@@ -12,6 +12,11 @@ Executing again a plan that is ``executed`` or ``failed`` continues its current 
 the staged view starts from everything recorded so far, and new calls are appended after
 it. Nothing recorded is lost, and nothing is recorded twice: each call is one invocation,
 and a write that leaves a file as it is records no change.
+
+A run holds the plan's execution lock (``.changeledger/exec/<plan id>.lock`` in the
+workspace, released by the kernel if the process dies). A plan still ``executing`` whose
+lock is free was left by a process that died: executing it again continues it the same
+way. While a live process executes a plan, another is refused.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from changeledger.domain.errors import ChangeLedgerError, ToolError
+from changeledger.domain.errors import ChangeLedgerError, StateTransitionError, ToolError
 from changeledger.domain.models import (
     InvocationStatus,
     JSONValue,
@@ -38,6 +43,7 @@ from changeledger.domain.store import ChangeSetStore, PlanStore
 from changeledger.domain.validation import check_text, json_roundtrip
 from changeledger.logs import get_logger
 from changeledger.workspace.confine import Workspace
+from changeledger.workspace.locks import execution_lock
 from changeledger.workspace.staged import StagedView
 from changeledger.workspace.tools import (
     BUILTINS,
@@ -179,13 +185,33 @@ class PlanService:
 
     @contextmanager
     def execute(self, plan_id: str) -> Iterator[PlanRun]:
-        """Run tool calls for the plan; see the module docstring for the state changes."""
+        """Run tool calls for the plan; see the module docstring for the state changes.
+
+        The run holds the plan's execution lock in the workspace. A plan left
+        ``executing`` by a process that died (its lock is free) is continued where the
+        ledger says it stopped; one that a live process is executing is refused.
+        """
         plan = self.plans.get(plan_id)
         workspace = Workspace(plan.workspace)
-        resume = plan.state in (PlanState.EXECUTED, PlanState.FAILED)
-        plan = self.plans.transition(plan.id, PlanState.EXECUTING)
+        with execution_lock(workspace, plan.id) as held:
+            if held is False:
+                raise StateTransitionError(
+                    f"plan {plan.id} is being executed by another process; wait for it to finish"
+                )
+            with self._execute(self.plans.get(plan.id), workspace, held) as run:
+                yield run
+
+    @contextmanager
+    def _execute(self, plan: Plan, workspace: Workspace, locked: bool | None) -> Iterator[PlanRun]:
+        if plan.state is PlanState.EXECUTING and locked:
+            # Its lock was free: the process that was executing it is gone.
+            log.warning("plan.execution_resumed", plan_id=plan.id)
+            resume = True
+        else:
+            resume = plan.state in (PlanState.EXECUTED, PlanState.FAILED)
+            plan = self.plans.transition(plan.id, PlanState.EXECUTING)
         try:
-            changeset = self.changesets.get_for_plan(plan.id) if resume else None
+            changeset = self.changesets.get_for_plan(plan.id, invocations=False) if resume else None
             if changeset is None:
                 changeset = self.changesets.start(plan.id)
             view = StagedView.from_entries(workspace, changeset.entries, self.changesets.read_blob)

@@ -29,9 +29,9 @@ from changeledger.workspace.apply import (
     net_changes,
     pending_journals,
     rollback,
-    workspace_lock,
 )
 from changeledger.workspace.confine import Workspace
+from changeledger.workspace.locks import workspace_lock
 
 log = get_logger("changeledger.apply")
 

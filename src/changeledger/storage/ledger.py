@@ -28,7 +28,7 @@ from changeledger.storage.engine import (
     resolve_db,
     sqlite_url,
 )
-from changeledger.storage.locate import ledger_path
+from changeledger.storage.locate import ledger_path, make_ledger_dir
 from changeledger.storage.repositories import (
     ChangeSetEntryRepository,
     SqlPlanStore,
@@ -37,8 +37,6 @@ from changeledger.storage.repositories import (
 from changeledger.storage.schema import ensure_schema
 from changeledger.storage.session import SessionFactory
 from changeledger.storage.store import SqlChangeSetStore
-
-_GITIGNORE = "# changeledger's own data: never commit it.\n*\n"
 
 
 class Ledger:
@@ -109,12 +107,7 @@ class Ledger:
             raise ValidationError(f"workspace {root} is not a directory", field="workspace")
         if db is not None:
             return cls.open(parse_db(db))
-        directory = root / LEDGER_DIR
-        directory.mkdir(mode=stat.S_IRWXU, exist_ok=True)
-        directory.chmod(stat.S_IRWXU)
-        ignore = directory / ".gitignore"
-        if not ignore.exists():
-            ignore.write_text(_GITIGNORE, encoding="utf-8")
+        make_ledger_dir(root)
         path = ledger_path(root)
         if not path.exists():
             # Create the file owner-only before SQLite opens it with the umask's mode.

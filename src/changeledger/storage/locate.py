@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -15,6 +16,22 @@ _SQLITE_PREFIXES = ("sqlite:///", "sqlite+pysqlite:///")
 def ledger_path(root: Path) -> Path:
     """The embedded ledger file for a workspace rooted at ``root``."""
     return root / LEDGER_DIR / LEDGER_FILE
+
+
+_GITIGNORE = "# changeledger's own data: never commit it.\n*\n"
+
+
+def make_ledger_dir(root: Path) -> Path:
+    """``root/.changeledger/``, readable by the owner only and ignored by git, made if
+    missing (by ``init``, and by an apply or a run whose ledger lives elsewhere)."""
+    directory = root / LEDGER_DIR
+    directory.mkdir(mode=stat.S_IRWXU, exist_ok=True)
+    if stat.S_IMODE(directory.stat().st_mode) != stat.S_IRWXU:
+        directory.chmod(stat.S_IRWXU)
+    ignore = directory / ".gitignore"
+    if not ignore.exists():
+        ignore.write_text(_GITIGNORE, encoding="utf-8")
+    return directory
 
 
 def find_ledger(start: Path) -> Path | None:

@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import json
 import os
 import secrets
 import shutil
 import signal
 import stat
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -36,8 +35,6 @@ from changeledger.domain.errors import ApplyError, ChangeLedgerError, WorkspaceE
 from changeledger.domain.models import ChangeEntry, ChangeOperation, sha256_hex
 from changeledger.workspace.confine import Workspace
 from changeledger.workspace.staged import DEFAULT_MODE
-
-LOCK_FILE = "apply.lock"
 
 #: Test seams: SIGKILL this process, or fail as a full disk does, at the N-th filesystem
 #: step of an apply. Crash and fault tests use them; nothing else sets them.
@@ -140,31 +137,6 @@ def check_preconditions(workspace: Workspace, changes: Sequence[NetChange]) -> l
                     )
                     break
     return conflicts
-
-
-@contextlib.contextmanager
-def workspace_lock(workspace: Workspace, *, blocking: bool = True) -> Iterator[bool]:
-    """Hold the workspace's apply lock; yields False (non-blocking) when another has it."""
-    directory = ledger_dir(workspace)
-    fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, stat.S_IRUSR | stat.S_IWUSR)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
-
-
-def ledger_dir(workspace: Workspace) -> Path:
-    directory = workspace.root / LEDGER_DIR
-    directory.mkdir(mode=stat.S_IRWXU, exist_ok=True)
-    return directory
 
 
 def journal_path(workspace: Workspace, plan_id: str) -> Path:
