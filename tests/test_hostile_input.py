@@ -51,9 +51,10 @@ from changeledger.workspace.patch import parse_patch
 from changeledger.workspace.staged import StagedView
 from changeledger.workspace.tools import BUILTINS, ToolContext
 
-#: Files in the workspace's .changeledger/ that change whenever SQLite opens the ledger;
-#: the ledger's content is compared row by row instead.
-VOLATILE = frozenset({"ledger.db", "ledger.db-wal", "ledger.db-shm", "apply.lock"})
+#: Files in the workspace's .changeledger/ that change whenever SQLite opens the ledger,
+#: and the lock files (and the folder of run locks) an apply or a run takes; the ledger's
+#: content is compared row by row instead.
+VOLATILE = frozenset({"ledger.db", "ledger.db-wal", "ledger.db-shm", "apply.lock", "exec"})
 #: Files larger than this are compared by size, mode and mtime, not bytes (sparse files).
 BIG = 1024 * 1024
 #: An error line longer than this is not a clear message.

@@ -105,9 +105,17 @@ class ToolError(ChangeLedgerError):
 
 
 class ApplyError(ChangeLedgerError):
-    """Writing a plan to its workspace failed; every file already written was restored."""
+    """Writing a plan to its workspace failed; every file already written was restored,
+    unless ``restored`` is False: then the apply's journal is kept and the next recovery
+    finishes restoring the workspace."""
 
     exit_code = 1
+
+    def __init__(self, message: str, *, restored: bool = True) -> None:
+        super().__init__(message)
+        self.restored = restored
+        if not restored:
+            self.details["restored"] = False
 
 
 class StorageError(ChangeLedgerError):

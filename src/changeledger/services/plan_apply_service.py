@@ -11,6 +11,7 @@ apply leaves the workspace as it was, the plan ``apply_failed`` with the error, 
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import time
 from collections.abc import Sequence
@@ -99,7 +100,14 @@ class PlanApplyService:
                 conflicts=tuple(check_preconditions(workspace, selected)),
                 duration_ms=(time.perf_counter() - started) * 1000,
             )
-        with workspace_lock(workspace):
+        with contextlib.ExitStack() as stack:
+            try:
+                stack.enter_context(workspace_lock(workspace))
+            except OSError as exc:  # a read-only or full workspace: nothing was tried yet
+                raise ApplyError(
+                    f"cannot lock {workspace.root} for apply: {exc.strerror or exc}; nothing "
+                    f"was written and plan {plan.id} is still {plan.state.value}"
+                ) from exc
             conflicts = check_preconditions(workspace, selected)
             if conflicts:
                 raise ConflictError(
@@ -114,6 +122,12 @@ class PlanApplyService:
             applier = Applier(workspace, plan.id, keep_artifacts=keep_artifacts)
             try:
                 applier.apply(selected, contents)  # rolls itself back before raising
+            except ApplyError as exc:
+                if exc.restored:
+                    self._fail(plan.id, exc, keep_artifacts=keep_artifacts)
+                # Otherwise the plan stays "applying" with its journal and changeset: every
+                # open of the ledger retries the rollback until the workspace is restored.
+                raise
             except BaseException as exc:
                 self._fail(plan.id, exc, keep_artifacts=keep_artifacts)
                 raise
@@ -175,10 +189,16 @@ class PlanApplyService:
         """
         rolled_back: list[str] = []
         finished: list[str] = []
+        busy: list[str] = []
         journals, stuck = self._unfinished(workspace)
         if not journals and not stuck:
             return RecoveryReport()
-        with workspace_lock(workspace, blocking=False) as acquired:
+        with contextlib.ExitStack() as stack:
+            try:
+                acquired = stack.enter_context(workspace_lock(workspace, blocking=False))
+            except OSError as exc:
+                log.warning("apply.recover_later", workspace=str(workspace.root), error=str(exc))
+                acquired = False
             if not acquired:
                 return RecoveryReport(busy=tuple(journals + stuck))
             # Look again under the lock: an apply that held it a moment ago may have
@@ -190,7 +210,9 @@ class PlanApplyService:
                 self.plans.transition(
                     plan_id,
                     PlanState.APPLY_FAILED,
-                    error=PlanError(message="apply was interrupted before writing any file"),
+                    error=PlanError(
+                        message="apply was interrupted; no file of it is in the workspace"
+                    ),
                 )
                 rolled_back.append(plan_id)
             for plan_id in journals:
@@ -199,7 +221,12 @@ class PlanApplyService:
                     Applier(workspace, plan_id).finish()
                     finished.append(plan_id)
                     continue
-                record = rollback(workspace, plan_id) or {}
+                try:
+                    record = rollback(workspace, plan_id) or {}
+                except ApplyError as exc:  # still cannot (read-only, immutable): later
+                    log.warning("apply.recover_later", plan_id=plan_id, error=exc.message)
+                    busy.append(plan_id)
+                    continue
                 rolled_back.append(plan_id)
                 if state is PlanState.APPLYING:
                     self.plans.transition(
@@ -213,7 +240,9 @@ class PlanApplyService:
                     if not record.get("keep_artifacts", False):
                         self.cleanup_changeset(plan_id)
                 log.warning("apply.recovered", plan_id=plan_id, workspace=str(workspace.root))
-        return RecoveryReport(rolled_back=tuple(rolled_back), finished=tuple(finished))
+        return RecoveryReport(
+            rolled_back=tuple(rolled_back), finished=tuple(finished), busy=tuple(busy)
+        )
 
     def recover_all(self, also: Sequence[str] = ()) -> RecoveryReport:
         """``recover`` every workspace with a plan the ledger still shows as applying, and

@@ -24,6 +24,17 @@ from changeledger.storage.locate import find_ledger
 WRITE_OPTION = "changeledger_write"
 
 
+#: libpq options for PostgreSQL connections: seconds to connect, and TCP keepalives that
+#: notice a peer that went away (about 60 s).
+PG_CONNECT_DEFAULTS: dict[str, int] = {
+    "connect_timeout": 5,
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+}
+
+
 def sqlite_url(path: Path) -> URL:
     return URL.create("sqlite+pysqlite", database=str(path.resolve()))
 
@@ -109,7 +120,10 @@ def create_ledger_engine(url: URL | str, *, echo: bool = False) -> Engine:
     url = make_url(url) if isinstance(url, str) else url
     if url.get_backend_name() == "sqlite":
         return _sqlite_engine(url, echo=echo)
-    return create_engine(url, echo=echo, pool_pre_ping=True)
+    # A server that stops answering must become an error, not a hang that holds a plan's
+    # run (or an apply's lock) for ever. Options in the URL win over these defaults.
+    defaults = {key: value for key, value in PG_CONNECT_DEFAULTS.items() if key not in url.query}
+    return create_engine(url, echo=echo, pool_pre_ping=True, connect_args=defaults)
 
 
 def refuse_foreign(path: Path) -> None:

@@ -131,7 +131,6 @@ class SqlPlanStore:
         with self._uow.read() as session:
             return [plan_from_row(row) for row in session.scalars(stmt)]
 
-    @database_retry("change a plan's state")
     def transition(
         self, plan_id: str, target: PlanState, *, error: PlanError | None = None
     ) -> Plan:
@@ -143,11 +142,27 @@ class SqlPlanStore:
         if error is not None:
             error = self.redactor.plan_error(error)
         details = None if error is None else to_json(dict(error.details), "error.details")
+        # The time is chosen once, before any attempt: it marks this transition, so a retry
+        # after a commit whose reply was lost recognises its own write.
+        return self._transition(key, wanted, error=error, details=details, stamp=utcnow())
+
+    @database_retry("change a plan's state")
+    def _transition(
+        self,
+        key: str,
+        wanted: PlanState,
+        *,
+        error: PlanError | None,
+        details: str | None,
+        stamp: datetime,
+    ) -> Plan:
         with self._uow.write() as session:
             row = self._row(session, key, lock=True)
+            if row.state == wanted.value and row.updated_at == stamp:
+                return plan_from_row(row)  # an earlier attempt committed it
             PlanState(row.state).check_transition(wanted)
             row.state = wanted.value
-            row.updated_at = utcnow()
+            row.updated_at = stamp
             if error is not None:
                 row.error_message = storable_text(error.message)
                 row.error_details = details

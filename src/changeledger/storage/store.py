@@ -8,7 +8,8 @@ sequence numbers it hands out are gapless and unique however many writers there 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from datetime import datetime
 from typing import Any, NoReturn
 
 from sqlalchemy import ColumnElement, Connection, Row, case, delete, distinct, func, select, update
@@ -53,12 +54,14 @@ from changeledger.storage.repositories import (
 from changeledger.storage.retry import database_retry
 from changeledger.storage.session import SessionFactory, UnitOfWork
 from changeledger.storage.tables import (
+    ENTRIES,
     EXISTING_BLOBS,
     FAST_INSERT_ENTRY,
     FAST_INSERT_INVOCATION,
     FAST_RESERVE,
     INSERT_ENTRY,
     INSERT_INVOCATION,
+    INVOCATIONS,
     PLANS,
     RESERVE,
     SELECT_CHANGESET,
@@ -104,19 +107,37 @@ class SqlChangeSetStore:
     def record(self, changeset_id: str, change: FileChange) -> ChangeEntry:
         return self.record_many(changeset_id, [change])[0]
 
-    @database_retry("record changes")
     def record_many(self, changeset_id: str, changes: Sequence[FileChange]) -> list[ChangeEntry]:
         key = check_id(changeset_id, "changeset_id")
         valid = _validated_changes(changes)
         if not valid:
-            with self._uow.connect(write=False) as conn:
-                _load_changeset_row(conn, key)  # nothing to record, but the id must be real
+            self._check_live(key)  # nothing to record, but the id must be real
             return []
-        with self._uow.connect(write=True) as conn:
-            plan_id, first_seq, _ = _reserve(conn, key, entries=len(valid), invocations=0)
-            return _insert_entries(conn, key, plan_id, first_seq, valid)
+        # Ids are chosen once, before any attempt: a retry after a commit whose reply was
+        # lost then finds its own rows instead of recording them twice.
+        return self._record_many(key, valid, [new_id() for _ in valid], _Attempts())
 
-    @database_retry("record a tool invocation")
+    @database_retry("record changes")
+    def _record_many(
+        self, key: str, valid: Sequence[FileChange], ids: Sequence[str], attempts: _Attempts
+    ) -> list[ChangeEntry]:
+        attempts.count += 1
+        try:
+            with self._uow.connect(write=True) as conn:
+                plan_id, first_seq, _ = _reserve(conn, key, entries=len(valid), invocations=0)
+                return _insert_entries(conn, key, plan_id, first_seq, valid, ids=ids)
+        except IntegrityError:
+            if attempts.count > 1:
+                done = self._entries_by_id(ids)
+                if len(done) == len(ids):
+                    return done  # the attempt before committed them; its reply was lost
+            raise
+
+    @database_retry("check a changeset")
+    def _check_live(self, key: str) -> None:
+        with self._uow.connect(write=False) as conn:
+            _load_changeset_row(conn, key)
+
     def record_invocation(
         self, changeset_id: str, call: ToolCall, changes: Sequence[FileChange] = ()
     ) -> ToolInvocation:
@@ -125,48 +146,84 @@ class SqlChangeSetStore:
             raise ValidationError(
                 f"call must be a ToolCall, not {type(call).__name__}", field="call"
             )
+        generated = call.id is None
         call = self.redactor.tool_call(call.validated())
-        call_id = new_id() if call.id is None else check_id(call.id, "id")
+        call = replace(call, id=new_id() if generated else check_id(call.id, "id"))
         valid = [
-            replace(c, tool_invocation_id=call_id, tool_name=c.tool_name or call.tool_name)
+            replace(c, tool_invocation_id=call.id, tool_name=c.tool_name or call.tool_name)
             for c in _validated_changes(changes)
         ]
-        finished = call.finished_at or utcnow()
-        arguments = json_roundtrip(dict(call.arguments), "arguments")
-        result = json_roundtrip(call.result, "result")
-        metadata = json_roundtrip(dict(call.provider_metadata), "provider_metadata")
-        with self._uow.connect(write=True) as conn:
-            plan_id, first_seq, inv_seq = _reserve(conn, key, entries=len(valid), invocations=1)
-            entries = _insert_entries(conn, key, plan_id, first_seq, valid)
-            invocation = ToolInvocation(
-                id=call_id,
-                plan_id=plan_id,
-                changeset_id=key,
-                seq=inv_seq,
-                tool_name=call.tool_name,
-                arguments=arguments,
-                result=result,
-                status=InvocationStatus(call.status),
-                error_type=call.error_type,
-                error_message=call.error_message,
-                started_at=call.started_at,
-                finished_at=finished,
-                duration_ms=(finished - call.started_at).total_seconds() * 1000.0,
-                change_ids=tuple(e.id for e in entries),
-                resource_refs=tuple(call.resource_refs),
-                provider_metadata=metadata,
-            )
-            values = invocation_values(invocation)
-            try:
+        prepared = _PreparedCall(
+            call=call,
+            generated=generated,
+            changes=valid,
+            entry_ids=[new_id() for _ in valid],
+            arguments=json_roundtrip(dict(call.arguments), "arguments"),
+            result=json_roundtrip(call.result, "result"),
+            metadata=json_roundtrip(dict(call.provider_metadata), "provider_metadata"),
+            finished=call.finished_at or utcnow(),
+            attempts=_Attempts(),
+        )
+        return self._record_invocation(key, prepared)
+
+    @database_retry("record a tool invocation")
+    def _record_invocation(self, key: str, prepared: _PreparedCall) -> ToolInvocation:
+        call = prepared.call
+        call_id = str(call.id)
+        prepared.attempts.count += 1
+        try:
+            with self._uow.connect(write=True) as conn:
+                plan_id, first_seq, inv_seq = _reserve(
+                    conn, key, entries=len(prepared.changes), invocations=1
+                )
+                entries = _insert_entries(
+                    conn, key, plan_id, first_seq, prepared.changes, ids=prepared.entry_ids
+                )
+                invocation = ToolInvocation(
+                    id=call_id,
+                    plan_id=plan_id,
+                    changeset_id=key,
+                    seq=inv_seq,
+                    tool_name=call.tool_name,
+                    arguments=prepared.arguments,
+                    result=prepared.result,
+                    status=InvocationStatus(call.status),
+                    error_type=call.error_type,
+                    error_message=call.error_message,
+                    started_at=call.started_at,
+                    finished_at=prepared.finished,
+                    duration_ms=(prepared.finished - call.started_at).total_seconds() * 1000.0,
+                    change_ids=tuple(e.id for e in entries),
+                    resource_refs=tuple(call.resource_refs),
+                    provider_metadata=prepared.metadata,
+                )
+                values = invocation_values(invocation)
                 if conn.dialect.name == "sqlite":
                     FAST_INSERT_INVOCATION.executemany(conn, [values])
                 else:
                     conn.execute(INSERT_INVOCATION, [values])
-            except IntegrityError as exc:
-                raise ValidationError(
-                    f"tool invocation {call_id} is already recorded", field="id"
-                ) from exc
-        return invocation
+                return invocation
+        except IntegrityError as exc:
+            existing = self._invocation_by_id(call_id)
+            if existing is None:
+                raise
+            if prepared.attempts.count > 1 and prepared.recorded_as(existing):
+                return existing  # the attempt before committed it; its reply was lost
+            raise ValidationError(
+                f"tool invocation {call_id} is already recorded", field="id"
+            ) from exc
+
+    def _entries_by_id(self, ids: Sequence[str]) -> list[ChangeEntry]:
+        with self._uow.connect(write=False) as conn:
+            rows = conn.execute(
+                select(ENTRIES).where(ENTRIES.c.id.in_(list(ids))).order_by(ENTRIES.c.seq)
+            )
+            return [entry_from_row(row) for row in rows]
+
+    def _invocation_by_id(self, call_id: str) -> ToolInvocation | None:
+        with self._uow.connect(write=False) as conn:
+            row = conn.execute(select(INVOCATIONS).where(INVOCATIONS.c.id == call_id)).one_or_none()
+        return None if row is None else invocation_from_row(row)
 
     @database_retry("read a changeset")
     def get(self, changeset_id: str, *, invocations: bool = True) -> SpecChangeSet:
@@ -299,6 +356,40 @@ class SqlChangeSetStore:
     # -- helpers inside one transaction ------------------------------------------------
 
 
+@dataclass
+class _Attempts:
+    """How many times a retried write has started: only a retry can meet its own rows."""
+
+    count: int = 0
+
+
+@dataclass(frozen=True)
+class _PreparedCall:
+    """A tool call checked, redacted and given its ids, ready for any attempt."""
+
+    call: ToolCall
+    generated: bool
+    changes: Sequence[FileChange]
+    entry_ids: Sequence[str]
+    arguments: dict[str, Any]
+    result: Any
+    metadata: dict[str, Any]
+    finished: datetime
+    attempts: _Attempts
+
+    def recorded_as(self, existing: ToolInvocation) -> bool:
+        """Whether ``existing`` is this very call, written by an earlier attempt."""
+        if self.entry_ids:
+            return existing.change_ids == tuple(self.entry_ids)  # fresh ids: ours alone
+        if self.generated:
+            return True  # its id was made for this call
+        return (existing.tool_name, existing.started_at, existing.arguments) == (
+            self.call.tool_name,
+            self.call.started_at,
+            self.arguments,
+        )
+
+
 def _reserve(
     conn: Connection, changeset_id: str, *, entries: int, invocations: int
 ) -> tuple[str, int, int]:
@@ -335,6 +426,8 @@ def _insert_entries(
     plan_id: str,
     first_seq: int,
     changes: Sequence[FileChange],
+    *,
+    ids: Sequence[str],
 ) -> list[ChangeEntry]:
     if not changes:
         return []
@@ -342,13 +435,13 @@ def _insert_entries(
     entries = [
         build_entry(
             change,
-            entry_id=new_id(),
+            entry_id=entry_id,
             changeset_id=changeset_id,
             plan_id=plan_id,
             seq=first_seq + offset,
             created_at=now,
         )
-        for offset, change in enumerate(changes)
+        for offset, (change, entry_id) in enumerate(zip(changes, ids, strict=True))
     ]
     contents = []
     for entry, change in zip(entries, changes, strict=True):

@@ -205,9 +205,8 @@ class Applier:
                 rollback(self.workspace, self.plan_id)
             except Exception as undo_exc:
                 raise ApplyError(
-                    f"apply failed ({exc}) and rolling back failed too ({undo_exc}); the "
-                    f"journal in {self.journal} is kept: run 'changeledger plan apply' "
-                    "again to finish the rollback"
+                    f"apply failed ({exc}) and the workspace is not fully restored yet: {undo_exc}",
+                    restored=False,
                 ) from exc
             if isinstance(exc, ChangeLedgerError):
                 raise ApplyError(f"apply failed and was rolled back: {exc.message}") from exc
@@ -360,9 +359,30 @@ class Applier:
         self.fsync_seconds += time.perf_counter() - started
 
 
+class _Undo:
+    """Best-effort undo steps: each one tried, the failures collected."""
+
+    def __init__(self) -> None:
+        self.touched: set[Path] = set()
+        self.failures: list[str] = []
+
+    def attempt(self, what: str, action: Callable[[], object], directory: Path) -> None:
+        try:
+            action()
+        except OSError as exc:
+            self.failures.append(f"{what}: {exc.strerror or exc}")
+        else:
+            self.touched.add(directory)
+
+
 def rollback(workspace: Workspace, plan_id: str) -> dict[str, Any] | None:
     """Undo a (possibly interrupted) apply from its journal; return the journal's record,
-    or ``None`` when there was no journal."""
+    or ``None`` when there was no journal.
+
+    Every step is tried even when one fails (a read-only directory, an immutable file):
+    what can be put back is. If anything could not, ``ApplyError`` says what, and the
+    journal stays so that a later recovery finishes the job.
+    """
     journal = journal_path(workspace, plan_id)
     record_file = journal / "journal.json"
     if not record_file.is_file():
@@ -370,39 +390,79 @@ def rollback(workspace: Workspace, plan_id: str) -> dict[str, Any] | None:
         return None
     record: dict[str, Any] = json.loads(record_file.read_bytes())
     steps = [_Step(**raw) for raw in record["steps"]]
-    touched: set[Path] = set()
-    # Undo in reverse order of commit: new files, then new directories, then originals.
-    for step in steps:
-        target = workspace.root / step.path
-        if step.beside is not None:
-            with contextlib.suppress(FileNotFoundError):
-                (target.parent / step.beside).unlink()
-        if (
-            step.before is None
-            and step.after is not None
-            and target.is_file()
-            and not target.is_symlink()
-            and sha256_hex(target.read_bytes()) == step.after
-        ):
-            target.unlink()
-            touched.add(target.parent)
-    for directory in reversed(record["created_dirs"]):
-        with contextlib.suppress(OSError):
-            (workspace.root / directory).rmdir()
-            touched.add((workspace.root / directory).parent)
+    undo = _Undo()
+    # In reverse order of commit: new files, then new directories, then originals.
+    _remove_new(workspace, steps, record["created_dirs"], undo)
     for step in steps:
         backup = journal / step.backup if step.backup else None
-        if backup is not None and backup.exists():
-            target = workspace.root / step.path
+        if backup is None or not backup.exists():
+            continue
+        target = workspace.root / step.path
+        if _is_original(target, backup):
+            continue  # never replaced: nothing to put back
+
+        def put_back(backup: Path = backup, target: Path = target) -> None:
             target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(backup, target)
-            touched.add(target.parent)
-    for directory in sorted(touched):
+
+        undo.attempt(f"restore {step.path}", put_back, target.parent)
+    for directory in sorted(undo.touched):
         if directory.is_dir():
-            _fsync_dir(directory)
+            with contextlib.suppress(OSError):
+                _fsync_dir(directory)
+    if undo.failures:
+        raise ApplyError(
+            f"could not restore {len(undo.failures)} path(s) of plan {plan_id}'s apply "
+            f"({undo.failures[0]}); its journal is kept, and the next open of the ledger "
+            "(or apply in this workspace) tries again"
+        )
     shutil.rmtree(journal)
     _fsync_dir(journal.parent)
     return record
+
+
+def _remove_new(
+    workspace: Workspace, steps: Sequence[_Step], created_dirs: Sequence[str], undo: _Undo
+) -> None:
+    """Remove the temporary files, the files the plan created and the directories it made."""
+    for step in steps:
+        target = workspace.root / step.path
+        if step.beside is not None:
+            near = target.parent / step.beside
+            if os.path.lexists(near):
+                undo.attempt(f"remove {near.name}", near.unlink, target.parent)
+        if step.before is None and step.after is not None and _holds(target, step.after):
+            undo.attempt(f"remove {step.path}", target.unlink, target.parent)
+    for rel in reversed(created_dirs):
+        directory = workspace.root / rel
+        if directory.is_dir() and not directory.is_symlink() and not any(directory.iterdir()):
+            undo.attempt(f"remove directory {rel}", directory.rmdir, directory.parent)
+
+
+def _holds(target: Path, digest: str) -> bool:
+    """Whether ``target`` is a regular file with exactly the content ``digest``."""
+    try:
+        return (
+            target.is_file()
+            and not target.is_symlink()
+            and sha256_hex(target.read_bytes()) == digest
+        )
+    except OSError:
+        return False
+
+
+def _is_original(target: Path, backup: Path) -> bool:
+    """Whether ``target`` is still the file that ``backup`` saved (the apply never got to
+    replace it): the same inode for a hard link, the same content and mode for a copy."""
+    try:
+        if not target.is_file() or target.is_symlink():
+            return False
+        if target.samefile(backup):
+            return True
+        same_mode = stat.S_IMODE(target.stat().st_mode) == stat.S_IMODE(backup.stat().st_mode)
+        return same_mode and target.read_bytes() == backup.read_bytes()
+    except OSError:
+        return False
 
 
 def _atomic_write(path: Path, data: bytes, mode: int) -> None:
