@@ -1055,7 +1055,7 @@ def test_pg_unreachable_mid_run_is_a_storage_error_in_bounded_time(
     summary(
         f"PostgreSQL {how} mid-run: StorageError after {outcome.get('call_s', 0):.3f}s "
         f"(run gave up in {outcome['run_s']:.3f}s); 2 calls recorded whole, nothing half "
-        f"written; plan left {seen.state.value} (can be cancelled)"
+        f"written; plan left {seen.state.value} (the next run continues it)"
     )
 
 
