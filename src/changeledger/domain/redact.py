@@ -301,10 +301,4 @@ def default_redactor() -> Redactor:
     return _default
 
 
-def reset_default() -> None:
-    """Forget the cached rules (after the environment changed)."""
-    global _default  # noqa: PLW0603
-    _default = None
-
-
 _default: Redactor | None = None
