@@ -20,12 +20,9 @@ MAX_PATH_BYTES = 4096
 MAX_NAME_BYTES = 255
 
 
-def check_glob(value: object, name: str = "pattern") -> str:
-    """Return ``value`` if it is a glob over workspace-relative paths, else raise.
-
-    Refused like paths: NUL bytes, absolute or drive-qualified patterns, backslashes and
-    ``..`` segments, which could only ever match outside the workspace.
-    """
+def _relative_text(value: object, name: str, what: str) -> str:
+    """``value`` if it is text that can only name something relative to the workspace root:
+    a string without NUL bytes or backslashes, neither absolute nor drive-qualified."""
     if not isinstance(value, str):
         raise WorkspaceError(f"{name} must be a string, not {type(value).__name__}", field=name)
     if "\x00" in value:
@@ -36,12 +33,22 @@ def check_glob(value: object, name: str = "pattern") -> str:
         )
     if value.startswith("/") or (len(value) > 1 and value[1] == ":"):
         raise WorkspaceError(
-            f"{name} {value!r} is absolute; give a pattern relative to the workspace root",
+            f"{name} {value!r} is absolute; give a {what} relative to the workspace root",
             field=name,
         )
-    if ".." in value.split("/"):
-        raise WorkspaceError(f"{name} {value!r} reaches outside the workspace", field=name)
     return value
+
+
+def check_glob(value: object, name: str = "pattern") -> str:
+    """Return ``value`` if it is a glob over workspace-relative paths, else raise.
+
+    Refused like paths: NUL bytes, absolute or drive-qualified patterns, backslashes and
+    ``..`` segments, which could only ever match outside the workspace.
+    """
+    text = _relative_text(value, name, "pattern")
+    if ".." in text.split("/"):
+        raise WorkspaceError(f"{name} {text!r} reaches outside the workspace", field=name)
+    return text
 
 
 def normalize_path(value: object, name: str = "path") -> str:
@@ -51,21 +58,9 @@ def normalize_path(value: object, name: str = "path") -> str:
     ``..`` segments that climb out of the root, and anything under ``.changeledger/`` or
     ``.git/``.
     """
-    if not isinstance(value, str):
-        raise WorkspaceError(f"{name} must be a string, not {type(value).__name__}", field=name)
-    if not value or not value.strip():
+    if isinstance(value, str) and not value.strip():
         raise WorkspaceError(f"{name} must not be empty", field=name)
-    if "\x00" in value:
-        raise WorkspaceError(f"{name} {value!r} contains a NUL byte", field=name)
-    if "\\" in value:
-        raise WorkspaceError(
-            f"{name} {value!r} contains a backslash; use '/' between path segments", field=name
-        )
-    if value.startswith("/") or (len(value) > 1 and value[1] == ":"):
-        raise WorkspaceError(
-            f"{name} {value!r} is absolute; give a path relative to the workspace root",
-            field=name,
-        )
+    value = _relative_text(value, name, "path")
     try:
         encoded_len = len(value.encode("utf-8"))
     except UnicodeEncodeError as exc:
