@@ -20,13 +20,11 @@ import difflib
 import os
 import random
 import signal
-import stat
 import subprocess
 import sys
 import textwrap
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -46,6 +44,7 @@ from changeledger.workspace.apply import (
 )
 from changeledger.workspace.confine import Workspace
 from changeledger.workspace.tools import BUILTINS, ToolContext, ToolRegistry
+from trees import Tree, snapshot, tree_diff
 
 #: The applying child: opens the ledger by URL, says when it starts applying, applies.
 CHILD = textwrap.dedent(
@@ -71,56 +70,6 @@ Call = tuple[str, dict[str, JSONValue]]
 
 
 # -- the workspace as data ------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Tree:
-    """Everything a workspace holds outside ``.changeledger/``: files and directories."""
-
-    files: Mapping[str, tuple[bytes, int]]  # path -> (content, permission bits)
-    dirs: frozenset[str]
-
-
-def snapshot(root: Path) -> Tree:
-    files: dict[str, tuple[bytes, int]] = {}
-    dirs: set[str] = set()
-    for directory, dirnames, filenames in os.walk(root):
-        base = Path(directory)
-        if base == root:
-            dirnames[:] = [d for d in dirnames if d != LEDGER_DIR]
-        for name in dirnames:
-            path = base / name
-            assert not path.is_symlink(), f"unexpected symlink {path}"
-            dirs.add(path.relative_to(root).as_posix())
-        for name in filenames:
-            path = base / name
-            info = path.lstat()
-            assert stat.S_ISREG(info.st_mode), f"unexpected non-regular file {path}"
-            files[path.relative_to(root).as_posix()] = (
-                path.read_bytes(),
-                stat.S_IMODE(info.st_mode),
-            )
-    return Tree(files=files, dirs=frozenset(dirs))
-
-
-def tree_diff(actual: Tree, expected: Tree) -> list[str]:
-    """Human-readable differences, empty when the trees are equal."""
-    problems = []
-    for path in sorted(set(actual.files) | set(expected.files)):
-        got, want = actual.files.get(path), expected.files.get(path)
-        if got == want:
-            continue
-        if got is None:
-            problems.append(f"{path}: missing")
-        elif want is None:
-            problems.append(f"{path}: unexpected file")
-        elif got[0] != want[0]:
-            problems.append(f"{path}: content differs")
-        else:
-            problems.append(f"{path}: mode {got[1]:o}, expected {want[1]:o}")
-    problems.extend(f"{d}/: missing directory" for d in sorted(expected.dirs - actual.dirs))
-    problems.extend(f"{d}/: unexpected directory" for d in sorted(actual.dirs - expected.dirs))
-    return problems
 
 
 def build(root: Path, files: Mapping[str, tuple[bytes, int]]) -> None:

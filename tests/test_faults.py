@@ -31,7 +31,6 @@ import json
 import os
 import socket
 import sqlite3
-import stat
 import subprocess
 import sys
 import textwrap
@@ -62,6 +61,7 @@ from changeledger.services import plan_apply_service
 from changeledger.storage import engine as engine_module
 from changeledger.storage import retry as retry_module
 from changeledger.workspace.apply import CRASH_ENV, FAIL_ENV, Applier
+from trees import Tree, snapshot, tree_diff
 
 Call = tuple[str, dict[str, JSONValue]]
 Files = Mapping[str, tuple[bytes, int]]
@@ -181,51 +181,6 @@ def inodes_used(path: Path) -> int:
 
 
 # -- the workspace as data -------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Tree:
-    """Everything a workspace holds outside ``.changeledger/``."""
-
-    files: Mapping[str, tuple[bytes, int]]  # path -> (content, permission bits)
-    dirs: frozenset[str]
-
-
-def snapshot(root: Path) -> Tree:
-    files: dict[str, tuple[bytes, int]] = {}
-    dirs: set[str] = set()
-    for directory, dirnames, filenames in os.walk(root):
-        base = Path(directory)
-        if base == root:
-            dirnames[:] = [d for d in dirnames if d != LEDGER_DIR]
-        dirs.update((base / d).relative_to(root).as_posix() for d in dirnames)
-        for name in filenames:
-            info = (base / name).lstat()
-            assert stat.S_ISREG(info.st_mode), f"not a regular file: {base / name}"
-            files[(base / name).relative_to(root).as_posix()] = (
-                (base / name).read_bytes(),
-                stat.S_IMODE(info.st_mode),
-            )
-    return Tree(files=files, dirs=frozenset(dirs))
-
-
-def tree_diff(actual: Tree, expected: Tree) -> list[str]:
-    problems = []
-    for path in sorted(set(actual.files) | set(expected.files)):
-        got, want = actual.files.get(path), expected.files.get(path)
-        if got == want:
-            continue
-        if got is None:
-            problems.append(f"{path}: missing")
-        elif want is None:
-            problems.append(f"{path}: unexpected file")
-        elif got[0] != want[0]:
-            problems.append(f"{path}: content differs")
-        else:
-            problems.append(f"{path}: mode {got[1]:o}, expected {want[1]:o}")
-    problems.extend(f"{d}/: missing directory" for d in sorted(expected.dirs - actual.dirs))
-    problems.extend(f"{d}/: unexpected directory" for d in sorted(actual.dirs - expected.dirs))
-    return problems
 
 
 def build(root: Path, files: Files) -> Tree:
