@@ -44,7 +44,7 @@ from changeledger.workspace.apply import (
 )
 from changeledger.workspace.confine import Workspace
 from changeledger.workspace.tools import BUILTINS, ToolContext, ToolRegistry
-from trees import Tree, snapshot, tree_diff
+from trees import Tree, applied_tree, snapshot, tree_diff
 
 #: The applying child: opens the ledger by URL, says when it starts applying, applies.
 CHILD = textwrap.dedent(
@@ -79,31 +79,6 @@ def build(root: Path, files: Mapping[str, tuple[bytes, int]]) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(content)
         path.chmod(mode)
-
-
-def expected_tree(
-    pre: Tree, writes: Mapping[str, tuple[bytes, int]], removed: Sequence[str]
-) -> Tree:
-    """``pre`` with ``removed`` gone and ``writes`` in place; directories the deletes left
-    empty are removed, as git does."""
-    files = {p: v for p, v in pre.files.items() if p not in removed}
-    files.update(writes)
-    dirs = set(pre.dirs)
-    for path in writes:
-        dirs.update(parent_dirs(path))
-    for path in removed:
-        for directory in reversed(parent_dirs(path)):
-            prefix = directory + "/"
-            if any(p.startswith(prefix) for p in files) or any(d.startswith(prefix) for d in dirs):
-                break
-            dirs.discard(directory)
-    return Tree(files=files, dirs=frozenset(dirs))
-
-
-def parent_dirs(path: str) -> list[str]:
-    """``a/b/c`` -> ``["a", "a/b"]``."""
-    parts = path.split("/")
-    return ["/".join(parts[:index]) for index in range(1, len(parts))]
 
 
 def leftovers(root: Path, plan_id: str) -> list[str]:
@@ -269,7 +244,7 @@ def test_sigkill_at_every_apply_step_leaves_pre_or_fully_applied_tree(
     build(root, PRE_FILES)
     (root / "empty-dir").mkdir()
     pre = snapshot(root)
-    applied = expected_tree(pre, APPLIED_WRITES, APPLIED_REMOVED)
+    applied = applied_tree(pre, APPLIED_WRITES, APPLIED_REMOVED)
     assert applied != pre
 
     crashed = 0
@@ -430,7 +405,7 @@ def test_sigkill_at_random_moments_of_a_large_apply(sqlite_db: URL, tmp_path: Pa
         pre = snapshot(root)
         with Ledger.open(db) as ledger:
             plan_id = stage(ledger, root, calls)
-        return root, plan_id, pre, expected_tree(pre, writes, removed)
+        return root, plan_id, pre, applied_tree(pre, writes, removed)
 
     # Calibrate: how long one uninterrupted apply takes once the child is ready.
     root, plan_id, pre, applied = prepare("calibration")
@@ -498,7 +473,7 @@ def test_stale_journal_of_an_applied_plan_is_removed_on_next_open(tmp_path: Path
     root = tmp_path / "workspace"
     build(root, PRE_FILES)
     db = str(root / ".changeledger" / "ledger.db")
-    applied = expected_tree(snapshot(root), APPLIED_WRITES, APPLIED_REMOVED)
+    applied = applied_tree(snapshot(root), APPLIED_WRITES, APPLIED_REMOVED)
     workspace = Workspace(root)
     with Ledger.open(db) as ledger:
         plan_id = stage(ledger, root, CALLS)

@@ -61,7 +61,7 @@ from changeledger.services import plan_apply_service
 from changeledger.storage import engine as engine_module
 from changeledger.storage import retry as retry_module
 from changeledger.workspace.apply import CRASH_ENV, FAIL_ENV, Applier
-from trees import Tree, snapshot, tree_diff
+from trees import Tree, applied_tree, snapshot, tree_diff
 
 Call = tuple[str, dict[str, JSONValue]]
 Files = Mapping[str, tuple[bytes, int]]
@@ -191,28 +191,6 @@ def build(root: Path, files: Files) -> Tree:
         path.write_bytes(content)
         path.chmod(mode)
     return snapshot(root)
-
-
-def parents(path: str) -> list[str]:
-    parts = path.split("/")
-    return ["/".join(parts[:index]) for index in range(1, len(parts))]
-
-
-def applied_tree(pre: Tree, writes: Files, removed: Sequence[str]) -> Tree:
-    """``pre`` with ``removed`` gone and ``writes`` in place; directories that the deletes
-    left empty are pruned, as apply does."""
-    files = {p: v for p, v in pre.files.items() if p not in removed}
-    files.update(writes)
-    dirs = set(pre.dirs)
-    for path in writes:
-        dirs.update(parents(path))
-    for path in removed:
-        for directory in reversed(parents(path)):
-            prefix = directory + "/"
-            if any(p.startswith(prefix) for p in files) or any(d.startswith(prefix) for d in dirs):
-                break
-            dirs.discard(directory)
-    return Tree(files=files, dirs=frozenset(dirs))
 
 
 def leftovers(root: Path) -> list[str]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,3 +60,28 @@ def tree_diff(actual: Tree, expected: Tree) -> list[str]:
     problems.extend(f"{d}/: missing directory" for d in sorted(expected.dirs - actual.dirs))
     problems.extend(f"{d}/: unexpected directory" for d in sorted(actual.dirs - expected.dirs))
     return problems
+
+
+def applied_tree(
+    pre: Tree, writes: Mapping[str, tuple[bytes, int]], removed: Sequence[str]
+) -> Tree:
+    """``pre`` with ``removed`` gone and ``writes`` in place; directories the deletes left
+    empty are pruned, as apply (and git) does."""
+    files = {p: v for p, v in pre.files.items() if p not in removed}
+    files.update(writes)
+    dirs = set(pre.dirs)
+    for path in writes:
+        dirs.update(parent_dirs(path))
+    for path in removed:
+        for directory in reversed(parent_dirs(path)):
+            prefix = directory + "/"
+            if any(p.startswith(prefix) for p in files) or any(d.startswith(prefix) for d in dirs):
+                break
+            dirs.discard(directory)
+    return Tree(files=files, dirs=frozenset(dirs))
+
+
+def parent_dirs(path: str) -> list[str]:
+    """``a/b/c`` -> ``["a", "a/b"]``."""
+    parts = path.split("/")
+    return ["/".join(parts[:index]) for index in range(1, len(parts))]
