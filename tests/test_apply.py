@@ -14,7 +14,6 @@ from changeledger import (
     ApplyError,
     ConflictError,
     Ledger,
-    MissingArtifactError,
     Plan,
     PlanApplyService,
     PlanService,
@@ -22,7 +21,7 @@ from changeledger import (
     PlanStore,
     StateTransitionError,
 )
-from changeledger.domain.models import sha256_hex
+from changeledger.domain.models import ApplyState, sha256_hex
 from changeledger.workspace.apply import FAIL_ENV, journal_path, pending_journals
 from changeledger.workspace.confine import Workspace
 
@@ -166,7 +165,7 @@ def test_only_applies_matching_paths_and_reports_the_rest(
     }
 
 
-def test_a_failed_apply_rolls_back_records_the_error_and_cleans_up(
+def test_a_failed_apply_rolls_back_records_the_error_and_keeps_the_staged_work(
     plans: PlanService,
     applier: PlanApplyService,
     workspace: Path,
@@ -188,8 +187,20 @@ def test_a_failed_apply_rolls_back_records_the_error_and_cleans_up(
     assert "No space left on device" in failed.error.message
     assert pending_journals(Workspace(workspace)) == []
     assert failed.current_changeset_id is not None
-    with pytest.raises(MissingArtifactError, match="cleaned up"):
-        plans.changesets.get(failed.current_changeset_id)
+    assert len(plans.changesets.get(failed.current_changeset_id).entries) == 3
+    [record] = plans.changesets.applies_for_plan(plan_id)
+    assert record.state is ApplyState.FAILED
+    assert record.error is not None
+    assert "No space left on device" in record.error
+    # Once the cause is gone the same plan applies.
+    monkeypatch.delenv(FAIL_ENV)
+    applier.apply(plan_id)
+    assert tree(workspace) == APPLIED
+    assert plans.plans.get(plan_id).state is PlanState.APPLIED
+    assert [a.state for a in plans.changesets.applies_for_plan(plan_id)] == [
+        ApplyState.FAILED,
+        ApplyState.APPLIED,
+    ]
 
 
 def test_keep_artifacts_keeps_the_changeset_after_a_failed_apply(

@@ -41,6 +41,7 @@ from changeledger.workspace.apply import (
     Applier,
     net_changes,
     pending_journals,
+    plan_writes,
 )
 from changeledger.workspace.confine import Workspace
 from changeledger.workspace.tools import BUILTINS, ToolContext, ToolRegistry
@@ -292,7 +293,7 @@ def test_sigkill_at_every_apply_step_leaves_pre_or_fully_applied_tree(
         assert not tree_diff(after, pre), (step, tree_diff(after, pre))
         state, has_entries = plan_state(crash_db, plan_id)
         assert state is PlanState.APPLY_FAILED, (step, state)
-        assert not has_entries, "a recovered apply failure cleans up its changeset"
+        assert has_entries, "a recovered apply failure keeps the staged work for a retry"
         assert not leftovers(root, plan_id), (step, leftovers(root, plan_id))
     else:
         pytest.fail(f"no apply finished within {MAX_CRASH_POINTS} crash points")
@@ -485,9 +486,18 @@ def test_stale_journal_of_an_applied_plan_is_removed_on_next_open(tmp_path: Path
             for c in changes
             if c.after_hash is not None
         }
-        ledger.plans.transition(plan_id, PlanState.APPLYING)
-        Applier(workspace, plan_id).apply(changes, contents)
-        ledger.plans.transition(plan_id, PlanState.APPLIED)
+        planned, conflicts = plan_writes(workspace, changes)
+        assert not conflicts
+        record = ledger.changesets.begin_apply(
+            plan_id,
+            changeset_id=changeset.id,
+            through_seq=len(changeset.entries),
+            workspace=str(workspace.root),
+            files=[],
+        )
+        applier = Applier(workspace, plan_id, ledger_id=ledger.id, apply_id=record.id)
+        applier.apply(planned, contents)
+        ledger.changesets.finish_apply(record.id, applied=True)
     assert pending_journals(workspace) == [plan_id]
 
     recover(db)

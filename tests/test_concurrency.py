@@ -428,3 +428,101 @@ def test_sqlite_plans_racing_to_apply(tmp_path: Path) -> None:
 @pytest.mark.postgres
 def test_postgresql_plans_racing_to_apply(pg_url: URL, tmp_path: Path) -> None:
     check_races("postgresql", pg_url, tmp_path, same=3 * SCALE, apart=2 * SCALE)
+
+
+# -- a run of a plan racing its apply --------------------------------------------------------
+
+RUN_STEPS = 12
+
+
+def run_file(work: Path, number: int) -> Path:
+    """A plan file that adds ``RUN_STEPS`` more changes to the plan it continues."""
+    steps = [
+        {"tool": "write_file", "args": {"path": f"run/{number}/f{k}.txt", "content": f"{k}\n"}}
+        for k in range(RUN_STEPS)
+    ]
+    steps.append({"tool": "write_file", "args": {"path": "shared.txt", "content": "run\n"}})
+    path = work / f"run-{number}.json"
+    path.write_text(json.dumps({"steps": steps}))
+    return path
+
+
+def on_disk(root: Path, changeset: SpecChangeSet) -> bool:
+    """Whether every recorded change of ``changeset`` is what the workspace holds."""
+    from changeledger.workspace.apply import net_changes
+
+    for change in net_changes(changeset.entries):
+        path = root / change.path
+        actual = sha256_hex(path.read_bytes()) if path.is_file() else None
+        if actual != change.after_hash:
+            return False
+    return True
+
+
+def check_run_racing_apply(label: str, server: URL | None, work: Path, rounds: int) -> None:
+    """``plan run FILE --plan X`` and ``plan apply X`` started together, ``rounds`` times:
+    every time the plan is either applied with everything it recorded on disk, or not
+    applied and still applicable (and then applies with everything)."""
+    script = Path(sys.executable).with_name("changeledger")
+    outcomes: Counter[str] = Counter()
+    started = time.perf_counter()
+    for number in range(rounds):
+        root = work / f"race-{number}" / "ws"
+        url = new_workspace(root, server)
+        with Ledger.open(url) as ledger:
+            plan_id = stage_write(ledger, root, "first.txt", "first\n")
+        db = ["--db", url_text(url)]
+        env = {**os.environ, "CHANGELEDGER_DB": ""}
+        commands = [
+            [str(script), *db, "plan", "run", str(run_file(work, number)), "--plan", plan_id],
+            [str(script), *db, "plan", "apply", plan_id],
+        ]
+        if number % 2:
+            commands.reverse()  # either one may get a head start
+        children = [
+            subprocess.Popen(
+                command, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            )
+            for command in commands
+        ]
+        results: dict[str, tuple[int, str]] = {}
+        for command, child in zip(commands, children, strict=True):
+            _, stderr = child.communicate(timeout=TIMEOUT)
+            results[command[4]] = (child.returncode, stderr.decode())
+        for name, (code, text) in results.items():
+            assert code in (0, 5), f"round {number}: {name} exited {code}: {text}"
+            assert "Traceback" not in text, text
+        assert pending_journals(Workspace(root)) == []
+        with Ledger.open(url) as ledger:
+            state = ledger.plans.get(plan_id).state
+            changeset = ledger.changesets.get_for_plan(plan_id)
+            assert changeset is not None
+            if state is PlanState.APPLIED:
+                outcome = "applied, run first" if results["run"][0] == 0 else "applied first"
+                assert on_disk(root, changeset), f"round {number}: a recorded change is lost"
+            else:
+                outcome = "apply refused"
+                assert state is PlanState.EXECUTED, f"round {number}: {state}"
+                assert results["apply"][0] == 5, results["apply"]
+                assert (root / "shared.txt").read_bytes() == BASE["shared.txt"]
+                PlanApplyService(ledger.plans, ledger.changesets).apply(plan_id)
+                assert on_disk(root, ledger.changesets.get_for_plan(plan_id) or changeset)
+            [record] = [
+                a for a in ledger.changesets.applies_for_plan(plan_id) if a.state.value == "applied"
+            ]
+            assert record.through_seq == len(changeset.entries), "the apply saw every entry"
+        outcomes[outcome] += 1
+    print(
+        f"\n[concurrency] plan run racing plan apply ({label}): {rounds} rounds, "
+        f"{dict(outcomes)}; {time.perf_counter() - started:.1f} s"
+    )
+    assert len(outcomes) >= 2, f"the race always went one way: {dict(outcomes)}"
+
+
+def test_sqlite_run_racing_apply_never_loses_an_update(tmp_path: Path) -> None:
+    check_run_racing_apply("sqlite", None, tmp_path, rounds=50 * SCALE)
+
+
+@pytest.mark.postgres
+def test_postgresql_run_racing_apply_never_loses_an_update(pg_url: URL, tmp_path: Path) -> None:
+    check_run_racing_apply("postgresql", pg_url, tmp_path, rounds=10 * SCALE)

@@ -195,10 +195,12 @@ def test_init_creates_a_private_ledger_that_git_ignores(tmp_path: Path) -> None:
     assert stat.S_IMODE(database.stat().st_mode) == 0o600
 
 
-def test_init_tightens_a_loose_ledger_directory(tmp_path: Path) -> None:
-    (tmp_path / ".changeledger").mkdir(mode=0o755)
+def test_init_never_chmods_a_ledger_directory_it_did_not_create(tmp_path: Path) -> None:
+    (tmp_path / ".changeledger").mkdir()
+    (tmp_path / ".changeledger").chmod(0o755)
     Ledger.init(tmp_path).close()
-    assert stat.S_IMODE((tmp_path / ".changeledger").stat().st_mode) == 0o700
+    assert stat.S_IMODE((tmp_path / ".changeledger").stat().st_mode) == 0o755
+    assert stat.S_IMODE((tmp_path / ".changeledger" / "ledger.db").stat().st_mode) == 0o600
 
 
 def test_init_with_a_db_uses_it_and_writes_nothing_in_the_workspace(tmp_path: Path) -> None:

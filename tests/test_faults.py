@@ -14,9 +14,9 @@ Real faults, no mocked filesystem or driver:
 After every fault: a clear error (the right class; through ``changeledger plan apply``
 exit 1 and one ``error:`` line, no traceback), the workspace byte for byte as before (paths,
 contents, modes, no temporary file, ``.changeledger/journal/`` empty), the plan
-``apply_failed`` with its error (``plan status`` shows it), and the changeset cleaned up
-unless ``--keep-artifacts``. Where the fault keeps the ledger from recording anything, the
-next ``Ledger.open`` must finish the job.
+``apply_failed`` with its error (``plan status`` shows it), and its staged work kept so
+that it can be applied again once the fault is gone. Where the fault keeps the ledger from
+recording anything, the next ``Ledger.open`` must finish the job.
 
 Filesystem faults need root (mounts, chattr; root ignores permission bits, so chmod cannot
 cause EPERM): those tests skip when not root, except where ``CI`` is set, where they fail.
@@ -355,7 +355,9 @@ def check_failed_plan(
     staged_entries: int,
 ) -> Recorded:
     """The plan ``apply_failed`` with ``message`` in its error, in the ledger and in
-    ``plan status``; its changeset cleaned up unless ``keep_artifacts``."""
+    ``plan status``; its staged work kept for a retry (``--keep-artifacts`` is only
+    accepted for compatibility now)."""
+    del keep_artifacts
     seen = recorded(db, plan_id)
     findings.check(
         seen.state is PlanState.APPLY_FAILED, f"plan state {seen.state.value}, not apply_failed"
@@ -367,21 +369,11 @@ def check_failed_plan(
     findings.check(status["state"] == "apply_failed", f"plan status says state {status['state']!r}")
     shown = (status.get("error") or {}).get("message", "")
     findings.check(message in shown, f"plan status error {shown!r} does not say {message!r}")
-    if keep_artifacts:
-        findings.check(
-            len(seen.entries) == staged_entries,
-            f"--keep-artifacts: {len(seen.entries)} entries left of {staged_entries}",
-        )
-        findings.check(status["artifacts"] == "present", f"artifacts: {status['artifacts']!r}")
-    else:
-        findings.check(
-            not seen.entries and not seen.invocations,
-            f"not cleaned up: {len(seen.entries)} entries, {len(seen.invocations)} invocations",
-        )
-        findings.check(
-            str(status["artifacts"]).startswith("cleaned up"),
-            f"artifacts: {status['artifacts']!r}",
-        )
+    findings.check(
+        len(seen.entries) == staged_entries,
+        f"staged work not kept: {len(seen.entries)} entries left of {staged_entries}",
+    )
+    findings.check(status["artifacts"] == "present", f"artifacts: {status['artifacts']!r}")
     return seen
 
 
@@ -441,7 +433,7 @@ def test_disk_full_partway_through_an_apply(tmp_path: Path, keep_artifacts: bool
         f"ENOSPC partway (2 MiB tmpfs, {len(FULL_CALLS)} changes, a 3 MiB file in the middle, "
         f"{'--keep-artifacts' if keep_artifacts else 'default'}): exit 1 in {elapsed:.2f}s "
         f"'{line[:60]}...'; {len(pre.files)} files + modes restored, journal empty, "
-        f"plan apply_failed, {'entries kept' if keep_artifacts else 'changeset cleaned up'}"
+        "plan apply_failed, staged work kept"
     )
 
 
@@ -502,10 +494,15 @@ def test_out_of_inodes_at_every_allocation_point_of_an_apply(tmp_path: Path) -> 
             must("mount", "-o", "remount,nr_inodes=10000", str(disk))
             findings.restored(root, pre, f"ENOSPC with {extra} spare inodes")
             seen = recorded(db, plan_id)
+            # No room for even the journal's folder: refused before it began, the plan
+            # keeps its state; any later point: apply_failed. The staged work stays.
             findings.check(
-                seen.state is PlanState.APPLY_FAILED and not seen.entries,
+                seen.state in (PlanState.EXECUTED, PlanState.APPLY_FAILED)
+                and len(seen.entries) == len(SWEEP_CALLS),
                 f"{extra} spare inodes: plan {seen.state.value}, {len(seen.entries)} entries",
             )
+            if seen.state is PlanState.EXECUTED:
+                findings.check("nothing was written" in failures[-1], failures[-1])
             if findings.items:
                 break
         else:
@@ -517,7 +514,7 @@ def test_out_of_inodes_at_every_allocation_point_of_an_apply(tmp_path: Path) -> 
     summary(
         f"ENOSPC (inodes) at {len(failures)} allocation points of one apply, "
         f"{len(in_workspace)} after files were deleted in the workspace: every one rolled "
-        "back byte for byte, journal empty, plan apply_failed + cleaned up; then it applied"
+        "back byte for byte, journal empty, plan apply_failed with its staged work; then it applied"
     )
 
 
@@ -1030,11 +1027,11 @@ def test_pg_unreachable_during_apply_never_leaves_a_mix(
     reached: list[str] = []
 
     class FaultyApplier(Applier):
-        def _commit(self, steps: list[Any], created_dirs: list[str]) -> None:
+        def _commit(self, *args: Any) -> None:
             if how == "cut-before-commit":
                 reached.append("journal written")
                 proxy.cut()
-            super()._commit(steps, created_dirs)
+            super()._commit(*args)
 
         def apply(self, changes: Sequence[Any], contents: dict[str, bytes]) -> None:
             super().apply(changes, contents)
@@ -1046,15 +1043,14 @@ def test_pg_unreachable_during_apply_never_leaves_a_mix(
     error: BaseException | None = None
     with Ledger.open(through_proxy) as ledger:
         if how == "reply-lost:applying":
-            transition = ledger.plans.transition
+            begin = ledger.changesets.begin_apply
 
-            def lossy(plan: str, target: PlanState, **kwargs: Any) -> Any:
-                if target is PlanState.APPLYING:
-                    reached.append("applying sent")
-                    proxy.lose_next_commit_reply()
-                return transition(plan, target, **kwargs)
+            def lossy(plan: str, **kwargs: Any) -> Any:
+                reached.append("applying sent")
+                proxy.lose_next_commit_reply()
+                return begin(plan, **kwargs)
 
-            monkeypatch.setattr(ledger.plans, "transition", lossy)
+            monkeypatch.setattr(ledger.changesets, "begin_apply", lossy)
         try:
             PlanApplyService(ledger.plans, ledger.changesets).apply(plan_id)
         except Exception as exc:

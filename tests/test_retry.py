@@ -14,7 +14,7 @@ from sqlalchemy import create_engine, event, select, text
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
-from changeledger.domain.errors import StorageError
+from changeledger.domain.errors import StorageError, ValidationError
 from changeledger.storage.engine import create_ledger_engine
 from changeledger.storage.ledger import Ledger
 from changeledger.storage.models import PlanModel
@@ -228,8 +228,17 @@ def test_wrap_storage_error_gives_a_one_line_message(ledger_file: str) -> None:
 
 
 def test_a_database_that_cannot_be_opened_is_a_storage_error(tmp_path: Path) -> None:
+    """The driver's error is wrapped, its cause chained."""
+    garbage = tmp_path / "garbage.db"
+    garbage.write_bytes(b"not a database, not empty\n" * 200)
+    with pytest.raises(StorageError, match="schema revision") as caught:
+        Ledger.open(garbage)
+    assert isinstance(caught.value.__cause__, DBAPIError)
+
+
+def test_a_directory_is_not_a_database(tmp_path: Path) -> None:
     not_a_file = tmp_path / "a-directory.db"
     not_a_file.mkdir()
-    with pytest.raises(StorageError, match="schema revision") as caught:
+    with pytest.raises(ValidationError, match="is a directory") as caught:
         Ledger.open(not_a_file)
-    assert isinstance(caught.value.__cause__, OperationalError)
+    assert caught.value.exit_code == 2

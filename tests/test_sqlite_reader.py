@@ -342,8 +342,12 @@ def test_the_review_commands_do_not_import_sqlalchemy(
         )
         assert done.returncode == code, done.stderr
         assert "LOADED 0 []" in done.stderr, (command, done.stderr)
-    # With a ledger to recover, the general path runs (and SQLAlchemy with it).
-    (root / LEDGER_DIR / JOURNAL_DIR / new_id()).mkdir(parents=True)
+    # With a ledger to recover, the general path runs (and SQLAlchemy with it): an apply
+    # killed after the ledger said "applying", before its journal was written.
+    with sqlite3.connect(root / LEDGER_DIR / "ledger.db") as raw:
+        raw.execute("UPDATE plans SET state = 'applying' WHERE id = ?", (plans["rich"],))
+    raw.close()
+    (root / LEDGER_DIR / JOURNAL_DIR / plans["rich"]).mkdir(parents=True)
     done = subprocess.run(
         [sys.executable, "-c", probe, "plan", "status", plans["rich"]],
         cwd=root,

@@ -23,7 +23,16 @@ def open_ledger(ctx: click.Context) -> Iterator[Ledger]:
 
     state = ctx.find_object(CliState)
     with Ledger.open(state.db if state else None, create=False) as ledger:
+        report_recovery(ledger)
         yield ledger
+
+
+def report_recovery(ledger: Ledger) -> None:
+    """Say on stderr what recovery left alone or could not finish (one line each)."""
+    from changeledger.cli.output import one_line
+
+    for notice in ledger.recovery.notices if ledger.recovery else ():
+        click.echo(f"warning: {one_line(notice)}", err=True)
 
 
 @contextmanager

@@ -54,7 +54,10 @@ def init(ctx: click.Context, workspace: Path, fmt: str | None) -> None:
         from changeledger.storage.schema import current_revision
 
         db = state.db if state else None
-        existed = db is None and ledger_path(workspace.resolve()).exists()
+        try:
+            existed = db is None and ledger_path(workspace.resolve()).exists()
+        except OSError:
+            existed = True  # cannot even be looked at: opening it says why
         with Ledger.init(workspace, db) as ledger:
             return {
                 "workspace": str(workspace.resolve()),

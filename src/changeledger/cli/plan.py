@@ -234,7 +234,12 @@ def exec_(
 @click.argument("plan_id", metavar="PLAN")
 @click.option("--dry-run", is_flag=True, help="Check and show what would be written.")
 @click.option("--only", "only", multiple=True, metavar="GLOB", help="Apply only these paths.")
-@click.option("--keep-artifacts", is_flag=True, help="Keep the changeset if the apply fails.")
+@click.option(
+    "--keep-artifacts",
+    is_flag=True,
+    hidden=True,
+    help="Accepted for compatibility: a failed apply always keeps the staged work now.",
+)
 @format_option
 @click.pass_context
 def apply(
@@ -261,12 +266,22 @@ def apply(
             except ChangeLedgerError as exc:
                 exc.details.setdefault("plan_id", plan_id)
                 raise
+            modes = {p.path: (p.current_mode, p.mode) for p in report.planned}
             data = {
                 "plan_id": report.plan_id,
                 "state": ledger.plans.get(report.plan_id).state.value,
                 "dry_run": report.dry_run,
                 "changeset_id": report.changeset_id,
-                "files": [{"path": f.path, "operation": f.operation} for f in report.files],
+                "apply_id": report.record.id if report.record else None,
+                "files": [
+                    {
+                        "path": f.path,
+                        "operation": f.operation,
+                        "old_mode": _octal(modes.get(f.path, (None, None))[0]),
+                        "new_mode": _octal(modes.get(f.path, (None, None))[1]),
+                    }
+                    for f in report.files
+                ],
                 "skipped": [{"path": f.path, "operation": f.operation} for f in report.skipped],
                 "conflicts": [
                     {"path": c.path, "expected": c.expected, "actual": c.actual, "reason": c.reason}
@@ -286,6 +301,10 @@ def apply(
             return data
 
     run(ctx, "plan apply", fmt, body)
+
+
+def _octal(mode: int | None) -> str | None:
+    return None if mode is None else f"{mode:04o}"
 
 
 @plan.command()

@@ -12,6 +12,7 @@ Every error the library raises on purpose derives from one root, so callers can 
     ├── StateTransitionError          exit 5  a plan state change that is not allowed
     ├── ToolError                     exit 1  a tool call failed (recorded as an error)
     ├── ApplyError                    exit 1  apply failed; the workspace was restored
+    ├── JournalError                  exit 1  an apply journal that cannot be trusted or read
     └── StorageError                  exit 1  database failure (the driver error is chained)
 
 Messages name the thing that is wrong and say what to do next.
@@ -116,6 +117,18 @@ class ApplyError(ChangeLedgerError):
         self.restored = restored
         if not restored:
             self.details["restored"] = False
+
+
+class JournalError(ChangeLedgerError):
+    """An apply journal left in a workspace is corrupt, unreadable or not this ledger's:
+    it is never acted on, and the message names it and says how to remove it."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, path: str) -> None:
+        super().__init__(message)
+        self.path = path
+        self.details["journal"] = path
 
 
 class StorageError(ChangeLedgerError):

@@ -10,10 +10,19 @@ import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from pathlib import Path
 
-from changeledger.domain.errors import MissingArtifactError, NotFoundError, ValidationError
+from changeledger.domain.errors import (
+    MissingArtifactError,
+    NotFoundError,
+    StateTransitionError,
+    ValidationError,
+)
 from changeledger.domain.ids import check_id, new_id
 from changeledger.domain.models import (
+    ApplyFile,
+    ApplyRecord,
+    ApplyState,
     ChangeEntry,
     ChangeOperation,
     ChangeSetSummary,
@@ -28,6 +37,7 @@ from changeledger.domain.models import (
     ToolCall,
     ToolInvocation,
     build_entry,
+    check_recordable,
     sha256_hex,
     utcnow,
 )
@@ -63,7 +73,8 @@ class InMemoryPlanStore:
         plan = Plan(
             id=new_id(),
             title=check_text(title, "title"),
-            workspace=check_text(workspace, "workspace"),
+            # A relative workspace means the one seen from here, now.
+            workspace=str(Path(check_text(workspace, "workspace")).resolve()),
             description=description or "",
             metadata=json_roundtrip(dict(metadata or {}), "metadata"),
         )
@@ -123,11 +134,100 @@ class InMemoryChangeSetStore:
         self.plans = plans if plans is not None else InMemoryPlanStore(redactor=self.redactor)
         self._changesets: dict[str, _ChangeSetRow] = {}
         self._blobs: dict[str, bytes] = {}
+        self._applies: dict[str, ApplyRecord] = {}
         self._lock = threading.RLock()
+        #: This store's id, as a ledger's: apply journals carry it.
+        self.ledger_id = new_id()
+
+    # -- applies ---------------------------------------------------------------------------
+
+    def begin_apply(
+        self,
+        plan_id: str,
+        *,
+        changeset_id: str | None,
+        through_seq: int,
+        workspace: str,
+        files: Sequence[ApplyFile],
+    ) -> ApplyRecord:
+        with self._lock, self.plans._lock:
+            plan = self.plans.get(plan_id)
+            if changeset_id is not None:
+                row = self._changesets.get(check_id(changeset_id, "changeset_id"))
+                if row is None or row.plan_id != plan.id:
+                    raise NotFoundError(f"changeset {changeset_id} of plan {plan.id} not found")
+                if row.cleaned_at is not None:
+                    raise StateTransitionError(
+                        f"the staged work of plan {plan.id} was cleaned up; there is nothing "
+                        "to apply"
+                    )
+                if len(row.entries) != through_seq:
+                    raise StateTransitionError(
+                        f"plan {plan.id} recorded {len(row.entries) - through_seq} more "
+                        "change(s) while its apply was being prepared; nothing was written. "
+                        "Apply it again to include them"
+                    )
+            if plan.current_changeset_id != changeset_id:
+                raise StateTransitionError(
+                    f"plan {plan.id} started another changeset while its apply was being "
+                    "prepared; nothing was written. Apply it again"
+                )
+            self.plans.transition(plan.id, PlanState.APPLYING)
+            record = ApplyRecord(
+                id=new_id(),
+                plan_id=plan.id,
+                changeset_id=changeset_id,
+                through_seq=through_seq,
+                workspace=workspace,
+                state=ApplyState.RUNNING,
+                started_at=utcnow(),
+                files=tuple(files),
+            )
+            self._applies[record.id] = record
+            return record
+
+    def finish_apply(
+        self, apply_id: str, *, applied: bool, error: PlanError | None = None
+    ) -> ApplyRecord:
+        with self._lock:
+            record = self.get_apply(apply_id)
+            outcome = ApplyState.APPLIED if applied else ApplyState.FAILED
+            if record.state is outcome:
+                return record
+            if record.state is not ApplyState.RUNNING:
+                raise StateTransitionError(
+                    f"apply {record.id} already ended as {record.state.value}"
+                )
+            target = PlanState.APPLIED if applied else PlanState.APPLY_FAILED
+            plan = self.plans.transition(record.plan_id, target, error=error)
+            record = replace(
+                record,
+                state=outcome,
+                finished_at=utcnow(),
+                error=None if error is None else (plan.error.message if plan.error else None),
+            )
+            self._applies[record.id] = record
+            return record
+
+    def get_apply(self, apply_id: str) -> ApplyRecord:
+        key = check_id(apply_id, "apply_id")
+        with self._lock:
+            try:
+                return self._applies[key]
+            except KeyError:
+                raise NotFoundError(f"apply {key} not found") from None
+
+    def applies_for_plan(self, plan_id: str) -> list[ApplyRecord]:
+        key = check_id(plan_id, "plan_id")
+        with self._lock:
+            return sorted(
+                (a for a in self._applies.values() if a.plan_id == key), key=lambda a: a.id
+            )
 
     def start(self, plan_id: str) -> SpecChangeSet:
         with self._lock:
             plan = self.plans.get(plan_id)
+            check_recordable(plan.id, plan.state)
             row = _ChangeSetRow(id=new_id(), plan_id=plan.id, created_at=utcnow())
             self._changesets[row.id] = row
             self.plans._set_current_changeset(plan.id, row.id)
@@ -139,7 +239,7 @@ class InMemoryChangeSetStore:
     def record_many(self, changeset_id: str, changes: Sequence[FileChange]) -> list[ChangeEntry]:
         valid = [c.validated() for c in changes]
         with self._lock:
-            row = self._live(changeset_id)
+            row = self._live(changeset_id) if not valid else self._recordable(changeset_id)
             return self._append(row, valid)
 
     def record_invocation(
@@ -155,7 +255,7 @@ class InMemoryChangeSetStore:
             for c in (c.validated() for c in changes)
         ]
         with self._lock:
-            row = self._live(changeset_id)
+            row = self._recordable(changeset_id)
             if any(i.id == call_id for r in self._changesets.values() for i in r.invocations):
                 raise ValidationError(f"tool invocation {call_id} is already recorded", field="id")
             entries = self._append(row, valid)
@@ -268,6 +368,13 @@ class InMemoryChangeSetStore:
             for digest in (e.before_hash, e.after_hash)
             if digest is not None
         }
+        used.update(
+            digest
+            for record in self._applies.values()
+            for f in record.files
+            for digest in (f.before_hash, f.after_hash)
+            if digest is not None
+        )
         unused = [d for d in self._blobs if d not in used]
         for digest in unused:
             del self._blobs[digest]
@@ -280,6 +387,12 @@ class InMemoryChangeSetStore:
             raise NotFoundError(f"changeset {key} not found")
         if row.cleaned_at is not None:
             raise MissingArtifactError.cleaned_up(key, row.plan_id, row.cleaned_at)
+        return row
+
+    def _recordable(self, changeset_id: str) -> _ChangeSetRow:
+        """``_live``, for a plan whose state takes more changes."""
+        row = self._live(changeset_id)
+        check_recordable(row.plan_id, self.plans.get(row.plan_id).state)
         return row
 
     def _append(self, row: _ChangeSetRow, changes: Sequence[FileChange]) -> list[ChangeEntry]:

@@ -47,6 +47,20 @@ def is_permission_mode(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 0o7777
 
 
+#: setuid, setgid and sticky: bits no file changeledger writes ever carries.
+SPECIAL_MODE_BITS = 0o7000
+
+
+def describe_special_bits(mode: int) -> str:
+    """The special bits set in ``mode``, in words ("setuid and sticky")."""
+    names = [
+        name
+        for bit, name in ((0o4000, "setuid"), (0o2000, "setgid"), (0o1000, "sticky"))
+        if mode & bit
+    ]
+    return " and ".join(names) or "no special bits"
+
+
 def looks_binary(data: bytes) -> bool:
     """True when ``data`` has a NUL byte in its first 8000 bytes, the rule git uses."""
     return b"\x00" in data[:BINARY_SNIFF_BYTES]
@@ -95,9 +109,31 @@ ALLOWED_TRANSITIONS: Mapping[PlanState, frozenset[PlanState]] = {
     PlanState.FAILED: frozenset({PlanState.EXECUTING, PlanState.CANCELLED}),
     PlanState.APPLYING: frozenset({PlanState.APPLIED, PlanState.APPLY_FAILED}),
     PlanState.APPLIED: frozenset(),
-    PlanState.APPLY_FAILED: frozenset(),
+    # A failed apply keeps its staged work: once the cause is fixed it can be applied again.
+    PlanState.APPLY_FAILED: frozenset({PlanState.APPLYING, PlanState.CANCELLED}),
     PlanState.CANCELLED: frozenset(),
 }
+
+#: States in which a plan's changeset takes more changes. Recording into a plan that is
+#: applying (or applied) would add work that the apply never writes: a lost update.
+RECORDABLE_STATES: frozenset[PlanState] = frozenset(
+    {
+        PlanState.CREATED,
+        PlanState.EXECUTING,
+        PlanState.EXECUTED,
+        PlanState.FAILED,
+        PlanState.APPLY_FAILED,
+    }
+)
+
+
+def check_recordable(plan_id: str, state: PlanState) -> None:
+    """Raise ``StateTransitionError`` unless the plan in ``state`` takes more changes."""
+    if state not in RECORDABLE_STATES:
+        raise StateTransitionError(
+            f"plan {plan_id} is {state.value}; its changeset takes no more changes"
+            + (" while it is being applied" if state is PlanState.APPLYING else "")
+        )
 
 
 class ChangeOperation(enum.StrEnum):
@@ -112,6 +148,23 @@ class ChangeOperation(enum.StrEnum):
 class InvocationStatus(enum.StrEnum):
     OK = "ok"
     ERROR = "error"
+
+
+class ApplyState(enum.StrEnum):
+    """Where one apply of a plan is: running, or its outcome."""
+
+    RUNNING = "running"
+    APPLIED = "applied"
+    #: Rolled back: nothing of it is in the workspace.
+    FAILED = "failed"
+
+
+class ApplyAction(enum.StrEnum):
+    """What an apply does with one path of the plan's net change."""
+
+    WRITE = "write"
+    #: Left out (``--only``): still staged, not written.
+    SKIP = "skip"
 
 
 @dataclass(frozen=True)
@@ -186,6 +239,12 @@ class FileChange:
         for name, value in (("mode", self.mode), ("before_mode", self.before_mode)):
             if value is not None and not is_permission_mode(value):
                 raise ValidationError(f"{name} {value!r} is not a permission mode", field=name)
+        if self.mode is not None and self.mode & SPECIAL_MODE_BITS:
+            raise ValidationError(
+                f"mode {self.mode:04o} sets {describe_special_bits(self.mode)}; changeledger "
+                "never writes setuid, setgid or sticky files",
+                field="mode",
+            )
         return replace(
             self, operation=op, path=path, old_path=old_path, tool_invocation_id=invocation_id
         )
@@ -347,6 +406,40 @@ class ChangeSetSummary:
     tool_errors: int
     bytes_before: int
     bytes_after: int
+
+
+@dataclass(frozen=True)
+class ApplyFile:
+    """One path of an apply: what was (or would be) there before and after, with modes.
+
+    ``before_hash``/``after_hash`` name stored contents (``None``: absent), so a later
+    revert or audit can put either side back.
+    """
+
+    path: str
+    operation: str
+    action: ApplyAction
+    before_hash: str | None
+    after_hash: str | None
+    before_mode: int | None
+    after_mode: int | None
+
+
+@dataclass(frozen=True)
+class ApplyRecord:
+    """One apply of a plan: the changeset snapshot it wrote, its files and its outcome."""
+
+    id: str
+    plan_id: str
+    changeset_id: str | None
+    #: The changeset's entries ``1..through_seq`` are what this apply wrote.
+    through_seq: int
+    workspace: str
+    state: ApplyState
+    started_at: datetime
+    finished_at: datetime | None = None
+    error: str | None = None
+    files: tuple[ApplyFile, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Protocol, runtime_checkable
 
 from changeledger.domain.models import (
+    ApplyFile,
+    ApplyRecord,
     ChangeEntry,
     ChangeSetSummary,
     CleanupResult,
@@ -117,4 +119,37 @@ class ChangeSetStore(ChangeSetReader, Protocol):
 
     def delete_for_plan(self, plan_id: str) -> CleanupResult:
         """Remove the plan's entries, invocations and now-unreferenced blobs."""
+        ...
+
+    @property
+    def ledger_id(self) -> str:
+        """The id of the ledger this store writes: apply journals carry it."""
+        ...
+
+    def begin_apply(
+        self,
+        plan_id: str,
+        *,
+        changeset_id: str | None,
+        through_seq: int,
+        workspace: str,
+        files: Sequence[ApplyFile],
+    ) -> ApplyRecord:
+        """In one transaction: check that the plan's current changeset is ``changeset_id``
+        holding exactly ``through_seq`` entries, move the plan to ``applying`` and record
+        the apply as running; ``StateTransitionError`` when anything changed meanwhile."""
+        ...
+
+    def finish_apply(
+        self, apply_id: str, *, applied: bool, error: PlanError | None = None
+    ) -> ApplyRecord:
+        """End a running apply and move its plan to ``applied`` or ``apply_failed``."""
+        ...
+
+    def get_apply(self, apply_id: str) -> ApplyRecord:
+        """The apply record, or ``NotFoundError``."""
+        ...
+
+    def applies_for_plan(self, plan_id: str) -> list[ApplyRecord]:
+        """Every apply of the plan, oldest first."""
         ...

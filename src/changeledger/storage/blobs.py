@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from changeledger.domain.models import utcnow
 from changeledger.storage.codec import decode, encode
-from changeledger.storage.models import BlobModel, ChangeSetEntryModel
+from changeledger.storage.models import BlobModel, ChangeSetEntryModel, PlanApplyFileModel
 from changeledger.storage.tables import EXISTING_BLOBS, FAST_INSERT_BLOB, insert_blob
 
 
@@ -73,10 +73,15 @@ def blob_exists(session: Session, digests: Iterable[str]) -> set[str]:
 
 
 def collect_garbage(session: Session, candidates: Iterable[str] | None = None) -> int:
-    """Delete blobs no change entry refers to (only among ``candidates`` if given)."""
+    """Delete blobs no change entry or apply record refers to (only among ``candidates``
+    if given)."""
+    # An apply's record keeps the contents it replaced and wrote (what a revert needs),
+    # after the changeset itself is cleaned up.
     referenced = or_(
         exists().where(ChangeSetEntryModel.before_hash == BlobModel.hash),
         exists().where(ChangeSetEntryModel.after_hash == BlobModel.hash),
+        exists().where(PlanApplyFileModel.before_hash == BlobModel.hash),
+        exists().where(PlanApplyFileModel.after_hash == BlobModel.hash),
     )
     stmt = delete(BlobModel).where(~referenced)
     if candidates is not None:

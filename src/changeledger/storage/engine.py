@@ -16,9 +16,9 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.pool import ConnectionPoolEntry
 
-from changeledger.constants import ENV_DB, SQLITE_BUSY_TIMEOUT_MS
-from changeledger.domain.errors import NotFoundError, ValidationError
-from changeledger.storage.locate import find_ledger
+from changeledger.constants import ENV_DB, LEDGER_DIR, LEDGER_FILE, SQLITE_BUSY_TIMEOUT_MS
+from changeledger.domain.errors import NotFoundError, StorageError, ValidationError
+from changeledger.storage.locate import check_not_symlink, denied, find_ledger
 
 #: Execution option that makes a SQLite transaction take the write lock when it begins.
 WRITE_OPTION = "changeledger_write"
@@ -36,7 +36,9 @@ PG_CONNECT_DEFAULTS: dict[str, int] = {
 
 
 def sqlite_url(path: Path) -> URL:
-    return URL.create("sqlite+pysqlite", database=str(path.resolve()))
+    """The URL of the SQLite file at ``path``, made absolute but not resolved: a symlink on
+    the way stays visible, so that opening it can refuse it."""
+    return URL.create("sqlite+pysqlite", database=os.path.abspath(path))  # noqa: PTH100
 
 
 def parse_db(value: str) -> URL:
@@ -91,34 +93,95 @@ def redact_url(url: str | URL) -> str:
 
 def require_existing(url: URL) -> None:
     """Raise ``NotFoundError`` when ``url`` names a SQLite file that does not exist."""
+    check_sqlite_file(url, create=False)
+
+
+def _sqlite_path(url: URL) -> Path | None:
     database = url.database
     if url.get_backend_name() != "sqlite" or not database or database == ":memory:":
-        return
+        return None
     if database.startswith("file:"):
+        return None
+    return Path(database)
+
+
+def check_sqlite_file(url: URL, *, create: bool) -> None:
+    """Check the SQLite file ``url`` names before any engine touches it, and create it
+    (owner-only, 0600) when ``create`` and it is missing.
+
+    Refused: a ledger file or ``.changeledger`` directory that is a symlink (exit 2: it
+    could lead anywhere), a directory (exit 2), a file this user may not open (exit 1,
+    saying who owns it), and with ``create=False`` a missing or empty file (exit 3).
+    """
+    path = _sqlite_path(url)
+    if path is None:
         return
-    path = Path(database)
-    if not path.is_file():
-        raise NotFoundError(f"no ledger at {database}; run 'changeledger init' to create one")
-    if path.stat().st_size == 0:
-        raise NotFoundError(
-            f"{database} is an empty file, not a ledger; run 'changeledger init' to create one"
+    try:
+        _check_sqlite_file(path, create=create)
+    except PermissionError as exc:
+        raise StorageError(f"cannot open the ledger {path}: {denied(path)}") from exc
+
+
+def _check_sqlite_file(path: Path, *, create: bool) -> None:
+    if path.parent.name == LEDGER_DIR:
+        check_not_symlink(path.parent, "the ledger directory")
+    check_not_symlink(path, "the ledger file")
+    if path.is_dir():
+        raise ValidationError(
+            f"--db {path} is a directory; give the path of a ledger file (such as "
+            f"{path / LEDGER_FILE}) or a database URL",
+            field="db",
         )
+    if not path.exists():
+        if not create:
+            raise NotFoundError(f"no ledger at {path}; run 'changeledger init' to create one")
+        _create_owner_only(path)
+    elif not create and path.stat().st_size == 0:
+        raise NotFoundError(
+            f"{path} is an empty file, not a ledger; run 'changeledger init' to create one"
+        )
+    for candidate in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        _check_access(candidate, path)
 
 
-def prepare_sqlite_file(url: URL) -> None:
-    """Create the SQLite file's directory (owner-only) when the URL names a file."""
-    database = url.database
-    if not database or database == ":memory:" or database.startswith("file:"):
+def _create_owner_only(path: Path) -> None:
+    """Make the ledger file (and a missing directory) readable by the owner only, before
+    SQLite creates it with the umask's mode; its -wal and -shm files take its mode."""
+    directory = path.parent
+    try:
+        if not directory.exists():
+            directory.mkdir(parents=True, mode=stat.S_IRWXU)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except FileExistsError:
+        return  # another process made it first
+    except OSError as exc:
+        raise StorageError(f"cannot create the ledger {path}: {exc.strerror or exc}") from exc
+    os.close(fd)
+
+
+def _check_access(candidate: Path, ledger: Path) -> None:
+    """A ledger file this user cannot read and write gives a clear error, not SQLite's
+    "unable to open database file" (or a read-only surprise at the first write)."""
+    try:
+        info = candidate.stat()
+    except FileNotFoundError:
         return
-    directory = Path(database).parent
-    if not directory.exists():
-        directory.mkdir(parents=True, mode=stat.S_IRWXU)
+    except OSError as exc:
+        raise StorageError(f"cannot open the ledger {ledger}: {exc.strerror or exc}") from exc
+    if os.access(candidate, os.R_OK | os.W_OK) or info.st_uid == os.geteuid():
+        return  # ours (an immutable file, a read-only mount): the driver's error says why
+    raise StorageError(f"cannot open the ledger {ledger}: {denied(candidate, info)}")
 
 
-def create_ledger_engine(url: URL | str, *, echo: bool = False) -> Engine:
-    """An engine configured for the ledger's durability and locking rules."""
+def create_ledger_engine(url: URL | str, *, echo: bool = False, create: bool = True) -> Engine:
+    """An engine configured for the ledger's durability and locking rules.
+
+    A SQLite file is checked first (``check_sqlite_file``) and, with ``create``, made
+    owner-only if missing.
+    """
     url = make_url(url) if isinstance(url, str) else url
     if url.get_backend_name() == "sqlite":
+        check_sqlite_file(url, create=create)
         return _sqlite_engine(url, echo=echo)
     # A server that stops answering must become an error, not a hang that holds a plan's
     # run (or an apply's lock) for ever. Options in the URL win over these defaults.
@@ -162,7 +225,6 @@ def _sqlite_engine(url: URL, *, echo: bool) -> Engine:
     database = url.database
     if database and database != ":memory:" and not database.startswith("file:"):
         refuse_foreign(Path(database))
-    prepare_sqlite_file(url)
     engine = create_engine(url, echo=echo)
 
     @event.listens_for(engine, "connect")
@@ -178,6 +240,9 @@ def _sqlite_engine(url: URL, *, echo: bool) -> Engine:
                 cursor.execute("PRAGMA journal_mode = WAL")
             # FULL: a commit is on disk (WAL fsynced) when it returns.
             cursor.execute("PRAGMA synchronous = FULL")
+            # Deleted content (cleaned-up changesets, collected blobs) is overwritten with
+            # zeros instead of staying readable in free pages of the file.
+            cursor.execute("PRAGMA secure_delete = ON")
         finally:
             cursor.close()
 

@@ -9,26 +9,25 @@ with Ledger.open() as ledger:                 # the ledger found above the cwd
 from __future__ import annotations
 
 import os
-import stat
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine
 from sqlalchemy.engine import URL
 from sqlalchemy.orm import sessionmaker
 
-from changeledger.constants import LEDGER_DIR
 from changeledger.domain.errors import ValidationError
 from changeledger.domain.redact import Redactor
 from changeledger.storage.engine import (
     create_ledger_engine,
     parse_db,
     redact_url,
-    require_existing,
     resolve_db,
     sqlite_url,
 )
 from changeledger.storage.locate import ledger_path, make_ledger_dir
+from changeledger.storage.mapping import embedded_root
 from changeledger.storage.repositories import (
     ChangeSetEntryRepository,
     SqlPlanStore,
@@ -37,6 +36,9 @@ from changeledger.storage.repositories import (
 from changeledger.storage.schema import ensure_schema
 from changeledger.storage.session import SessionFactory
 from changeledger.storage.store import SqlChangeSetStore
+
+if TYPE_CHECKING:
+    from changeledger.services.plan_apply_service import RecoveryReport
 
 
 class Ledger:
@@ -54,8 +56,16 @@ class Ledger:
         #: What is masked in tool calls and plan errors before they are written: the
         #: built-in rules plus ``CHANGELEDGER_REDACT_*`` unless given.
         self.redactor = Redactor.from_env() if redactor is None else redactor
-        self.plans = SqlPlanStore(self.session_factory, redactor=self.redactor)
-        self.changesets = SqlChangeSetStore(self.session_factory, redactor=self.redactor)
+        #: The project root of an embedded ledger (``<root>/.changeledger/ledger.db``): its
+        #: plans keep their workspaces relative to it, so a copied project applies into
+        #: itself. ``None`` for any other database.
+        self.root = embedded_root(engine.url.database) if self.backend == "sqlite" else None
+        home = None if self.root is None else Path(str(engine.url.database)).resolve()
+        self.plans = SqlPlanStore(self.session_factory, redactor=self.redactor, base=self.root)
+        self.changesets = SqlChangeSetStore(self.session_factory, redactor=self.redactor, home=home)
+        #: What recovery found when the ledger was opened (journals rolled back, left
+        #: alone, or waiting): the CLI prints its notices.
+        self.recovery: RecoveryReport | None = None
         self.entries = ChangeSetEntryRepository(self.session_factory)
         self.invocations = ToolInvocationRepository(self.session_factory)
 
@@ -79,9 +89,7 @@ class Ledger:
         if isinstance(db, os.PathLike):
             db = sqlite_url(Path(db))
         url = db if isinstance(db, URL) else resolve_db(db, cwd)
-        if not create:
-            require_existing(url)
-        engine = create_ledger_engine(url)
+        engine = create_ledger_engine(url, create=create)
         try:
             ledger = cls(engine, migrate=migrate, redactor=redactor)
             if recover and migrate:
@@ -89,7 +97,7 @@ class Ledger:
                 from changeledger.services.plan_apply_service import PlanApplyService
 
                 service = PlanApplyService(ledger.plans, ledger.changesets)
-                service.recover_all(also=ledger.embedded_workspaces())
+                ledger.recovery = service.recover_all(also=ledger.embedded_workspaces())
         except BaseException:
             engine.dispose()
             raise
@@ -108,12 +116,7 @@ class Ledger:
         if db is not None:
             return cls.open(parse_db(db))
         make_ledger_dir(root)
-        path = ledger_path(root)
-        if not path.exists():
-            # Create the file owner-only before SQLite opens it with the umask's mode.
-            fd = os.open(path, os.O_CREAT | os.O_WRONLY, stat.S_IRUSR | stat.S_IWUSR)
-            os.close(fd)
-        return cls.open(sqlite_url(path))
+        return cls.open(sqlite_url(ledger_path(root)))
 
     @property
     def url(self) -> str:
@@ -122,13 +125,12 @@ class Ledger:
 
     def embedded_workspaces(self) -> list[str]:
         """The workspace holding this ledger, when it is ``<root>/.changeledger/ledger.db``."""
-        database = self.engine.url.database
-        if self.backend != "sqlite" or not database:
-            return []
-        path = Path(database)
-        if path.parent.name != LEDGER_DIR:
-            return []
-        return [str(path.parent.parent)]
+        return [] if self.root is None else [str(self.root)]
+
+    @property
+    def id(self) -> str:
+        """This ledger's id (apply journals carry it; recovery trusts no other)."""
+        return self.changesets.ledger_id
 
     @property
     def backend(self) -> str:

@@ -8,6 +8,7 @@ from pathlib import Path
 from urllib.parse import unquote
 
 from changeledger.constants import ENV_DB, LEDGER_DIR, LEDGER_FILE
+from changeledger.domain.errors import StorageError, ValidationError
 
 #: URL prefixes that name a SQLite file by its absolute or relative path.
 _SQLITE_PREFIXES = ("sqlite:///", "sqlite+pysqlite:///")
@@ -22,16 +23,56 @@ _GITIGNORE = "# changeledger's own data: never commit it.\n*\n"
 
 
 def make_ledger_dir(root: Path) -> Path:
-    """``root/.changeledger/``, readable by the owner only and ignored by git, made if
-    missing (by ``init``, and by an apply or a run whose ledger lives elsewhere)."""
+    """``root/.changeledger/``, made if missing: owner-only (0700) and ignored by git.
+
+    A ``.changeledger`` that is a symlink is refused: the ledger, its journals and locks
+    would land wherever it points. An existing directory keeps its permission bits
+    (changeledger never chmods a directory it did not create).
+    """
     directory = root / LEDGER_DIR
-    directory.mkdir(mode=stat.S_IRWXU, exist_ok=True)
-    if stat.S_IMODE(directory.stat().st_mode) != stat.S_IRWXU:
-        directory.chmod(stat.S_IRWXU)
+    try:
+        return _make_ledger_dir(directory)
+    except PermissionError as exc:
+        raise StorageError(f"cannot use {directory}: {denied(directory)}") from exc
+
+
+def _make_ledger_dir(directory: Path) -> Path:
+    try:
+        directory.mkdir(mode=stat.S_IRWXU)
+    except FileExistsError:
+        check_not_symlink(directory, "the ledger directory")
+        if not directory.is_dir():
+            raise ValidationError(
+                f"{directory} is not a directory; remove it or pass --db", field="db"
+            ) from None
+    else:
+        # mkdir's mode passes through the umask; this directory is ours: make it 0700.
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        try:
+            os.fchmod(fd, stat.S_IRWXU)
+        finally:
+            os.close(fd)
     ignore = directory / ".gitignore"
-    if not ignore.exists():
-        ignore.write_text(_GITIGNORE, encoding="utf-8")
+    try:
+        fd = os.open(ignore, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    except FileExistsError:
+        pass
+    else:
+        try:
+            os.write(fd, _GITIGNORE.encode())
+        finally:
+            os.close(fd)
     return directory
+
+
+def check_not_symlink(path: Path, what: str) -> None:
+    """Raise ``ValidationError`` (exit 2) when ``path`` is a symlink."""
+    if path.is_symlink():
+        raise ValidationError(
+            f"{what} {path} is a symlink; changeledger does not follow it (it could lead "
+            "anywhere): replace it by a real directory or file, or pass --db",
+            field="db",
+        )
 
 
 def find_ledger(start: Path) -> Path | None:
@@ -39,8 +80,11 @@ def find_ledger(start: Path) -> Path | None:
     current = start.resolve()
     for directory in (current, *current.parents):
         candidate = ledger_path(directory)
-        if candidate.is_file():
-            return candidate
+        try:
+            if candidate.is_file() or candidate.is_symlink():
+                return candidate  # a symlink, even dangling: opening it says why it is refused
+        except PermissionError:
+            return candidate  # there, but not this user's to read: opening it says so
     return None
 
 
@@ -67,4 +111,42 @@ def sqlite_file(db: str | None, cwd: Path | None = None) -> Path | None:
     path = Path(value).expanduser()
     if not path.is_absolute():
         path = (cwd or Path.cwd()) / path
-    return path if path.is_file() else None
+    return path if _plain_ledger_file(path) else None
+
+
+def _plain_ledger_file(path: Path) -> bool:
+    """A regular file this user may read and write, reached through no symlink of ours:
+    anything else goes down the general path, which says what is wrong."""
+    try:
+        if path.is_symlink() or (path.parent.name == LEDGER_DIR and path.parent.is_symlink()):
+            return False
+        return path.is_file() and os.access(path, os.R_OK | os.W_OK)
+    except OSError:
+        return False
+
+
+def denied(path: Path, info: os.stat_result | None = None) -> str:
+    """Permission denied on ``path`` (or, when it cannot even be looked at, on the
+    nearest directory above it that can): whose it is and what to do."""
+    where = path
+    while info is None:
+        try:
+            info = where.stat()
+        except OSError:
+            if where.parent == where:
+                return "permission denied"
+            where = where.parent
+    return (
+        f"permission denied on {where} (it belongs to {_owner(info.st_uid)}, mode "
+        f"{stat.S_IMODE(info.st_mode):04o}); run changeledger as that user, or give this "
+        "user read and write access"
+    )
+
+
+def _owner(uid: int) -> str:
+    try:
+        import pwd
+
+        return f"user {pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except (ImportError, KeyError):
+        return f"uid {uid}"

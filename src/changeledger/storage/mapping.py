@@ -8,10 +8,13 @@ the review commands' fast start uses this module too.
 from __future__ import annotations
 
 import json
+import posixpath
 from collections.abc import Mapping
+from pathlib import Path, PurePosixPath
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
+from changeledger.constants import LEDGER_DIR
 from changeledger.domain.models import (
     ChangeEntry,
     ChangeOperation,
@@ -41,7 +44,33 @@ def _mapping(text: str | None) -> Mapping[str, JSONValue]:
     return value if isinstance(value, dict) else {}
 
 
-def plan_from_row(row: PlanModel | SimpleNamespace) -> Plan:
+def embedded_root(database: str | None) -> Path | None:
+    """``<root>`` when ``database`` is the embedded ledger ``<root>/.changeledger/<file>``:
+    the directory its plans' workspaces are kept relative to. ``None`` for any other."""
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    path = Path(database).resolve()
+    return path.parent.parent if path.parent.name == LEDGER_DIR else None
+
+
+def stored_workspace(workspace: str, base: Path | None) -> str:
+    """The workspace as a plan row keeps it: relative to ``base`` (the embedded ledger's
+    root) when it lies inside it, so that a copied or moved project applies into itself;
+    absolute otherwise. ``workspace`` is resolved first, from the current directory."""
+    absolute = Path(workspace).resolve()
+    if base is not None and (absolute == base or base in absolute.parents):
+        return absolute.relative_to(base).as_posix() or "."
+    return str(absolute)
+
+
+def resolved_workspace(stored: str, base: Path | None) -> str:
+    """The absolute workspace of a plan row (the inverse of ``stored_workspace``)."""
+    if base is None or PurePosixPath(stored).is_absolute():
+        return stored
+    return posixpath.normpath((base / stored).as_posix())
+
+
+def plan_from_row(row: PlanModel | SimpleNamespace, base: Path | None = None) -> Plan:
     error = None
     if row.error_message is not None:
         error = PlanError(message=row.error_message, details=_mapping(row.error_details))
@@ -49,7 +78,7 @@ def plan_from_row(row: PlanModel | SimpleNamespace) -> Plan:
         id=row.id,
         title=row.title,
         description=row.description,
-        workspace=row.workspace,
+        workspace=resolved_workspace(row.workspace, base),
         state=PlanState(row.state),
         created_at=row.created_at,
         updated_at=row.updated_at,

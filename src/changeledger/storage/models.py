@@ -153,11 +153,62 @@ class ToolInvocationModel(Base):
     provider_metadata: Mapped[str] = mapped_column(Text)
 
 
+class LedgerMetaModel(Base):
+    """Facts about the ledger itself: its id (``ledger_id``), written once."""
+
+    __tablename__ = "ledger_meta"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+
+class PlanApplyModel(Base):
+    """One apply of a plan: the changeset snapshot it wrote and how it ended."""
+
+    __tablename__ = "plan_applies"
+    __table_args__ = (CheckConstraint("state IN ('running', 'applied', 'failed')", name="state"),)
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    plan_id: Mapped[str] = mapped_column(ForeignKey("plans.id", ondelete="CASCADE"), index=True)
+    changeset_id: Mapped[str | None] = mapped_column(ID)
+    through_seq: Mapped[int] = mapped_column(Integer)
+    workspace: Mapped[str] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(16))
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    error_message: Mapped[str | None] = mapped_column(Text)
+
+
+class PlanApplyFileModel(Base):
+    """One path of an apply, with the contents and modes before and after it."""
+
+    __tablename__ = "plan_apply_files"
+    __table_args__ = (
+        CheckConstraint("action IN ('write', 'skip')", name="action"),
+        CheckConstraint("operation IN ('create', 'modify', 'delete')", name="operation"),
+    )
+
+    apply_id: Mapped[str] = mapped_column(
+        ForeignKey("plan_applies.id", ondelete="CASCADE"), primary_key=True
+    )
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    path: Mapped[str] = mapped_column(Text)
+    operation: Mapped[str] = mapped_column(String(10))
+    action: Mapped[str] = mapped_column(String(8))
+    before_hash: Mapped[str | None] = mapped_column(ForeignKey("blobs.hash"), index=True)
+    after_hash: Mapped[str | None] = mapped_column(ForeignKey("blobs.hash"), index=True)
+    before_mode: Mapped[int | None] = mapped_column(Integer)
+    after_mode: Mapped[int | None] = mapped_column(Integer)
+
+
 __all__ = [
     "Base",
     "BlobModel",
     "ChangeSetEntryModel",
     "ChangeSetModel",
+    "LedgerMetaModel",
+    "PlanApplyFileModel",
+    "PlanApplyModel",
     "PlanModel",
     "ToolInvocationModel",
 ]

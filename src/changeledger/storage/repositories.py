@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import case, delete, insert, select, update
@@ -49,6 +50,7 @@ from changeledger.storage.mapping import (
     invocation_from_row,
     invocation_values,
     plan_from_row,
+    stored_workspace,
 )
 from changeledger.storage.models import (
     ChangeSetEntryModel,
@@ -69,11 +71,17 @@ class SqlPlanStore:
     """The ``PlanStore`` on SQL: plans and every change of their state."""
 
     def __init__(
-        self, session_factory: SessionFactory, *, redactor: Redactor | None = None
+        self,
+        session_factory: SessionFactory,
+        *,
+        redactor: Redactor | None = None,
+        base: Path | None = None,
     ) -> None:
         self._uow = UnitOfWork(session_factory)
         #: Secrets in a plan's error are masked with these rules before it is written.
         self.redactor = Redactor.from_env() if redactor is None else redactor
+        #: The embedded ledger's root: workspaces inside it are kept relative to it.
+        self.base = base
 
     @database_retry("create a plan")
     def create(
@@ -92,7 +100,7 @@ class SqlPlanStore:
         plan = Plan(
             id=new_id(),
             title=check_text(title, "title"),
-            workspace=check_text(workspace, "workspace"),
+            workspace=stored_workspace(check_text(workspace, "workspace"), self.base),
             description=description or "",
         )
         with self._uow.write() as session:
@@ -111,13 +119,13 @@ class SqlPlanStore:
             )
             session.add(row)
             session.flush()
-            return plan_from_row(row)
+            return plan_from_row(row, self.base)
 
     @database_retry("read a plan")
     def get(self, plan_id: str) -> Plan:
         key = check_id(plan_id, "plan_id")
         with self._uow.read() as session:
-            return plan_from_row(self._row(session, key))
+            return plan_from_row(self._row(session, key), self.base)
 
     @database_retry("list plans")
     def list(self, state: PlanState | None = None) -> list[Plan]:
@@ -129,7 +137,7 @@ class SqlPlanStore:
                 raise ValidationError(f"unknown plan state {state!r}", field="state") from exc
             stmt = stmt.where(PlanModel.state == wanted.value)
         with self._uow.read() as session:
-            return [plan_from_row(row) for row in session.scalars(stmt)]
+            return [plan_from_row(row, self.base) for row in session.scalars(stmt)]
 
     def transition(
         self, plan_id: str, target: PlanState, *, error: PlanError | None = None
@@ -159,7 +167,7 @@ class SqlPlanStore:
         with self._uow.write() as session:
             row = self._row(session, key, lock=True)
             if row.state == wanted.value and row.updated_at == stamp:
-                return plan_from_row(row)  # an earlier attempt committed it
+                return plan_from_row(row, self.base)  # an earlier attempt committed it
             PlanState(row.state).check_transition(wanted)
             row.state = wanted.value
             row.updated_at = stamp
@@ -167,7 +175,7 @@ class SqlPlanStore:
                 row.error_message = storable_text(error.message)
                 row.error_details = details
             session.flush()
-            return plan_from_row(row)
+            return plan_from_row(row, self.base)
 
     @staticmethod
     def _row(session: Session, plan_id: str, *, lock: bool = False) -> PlanModel:

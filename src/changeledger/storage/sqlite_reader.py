@@ -34,7 +34,12 @@ from changeledger.domain.ids import check_id
 from changeledger.domain.models import ChangeSetSummary, Plan, PlanState, SpecChangeSet
 from changeledger.domain.validation import check_digest
 from changeledger.storage.codec import decode
-from changeledger.storage.mapping import entry_from_row, invocation_from_row, plan_from_row
+from changeledger.storage.mapping import (
+    embedded_root,
+    entry_from_row,
+    invocation_from_row,
+    plan_from_row,
+)
 
 #: Columns SQLAlchemy stores as naive UTC text on SQLite.
 _TIMES = frozenset({"created_at", "updated_at", "started_at", "finished_at", "cleaned_at"})
@@ -60,8 +65,10 @@ def _record(cursor: sqlite3.Cursor, row: tuple[Any, ...]) -> SimpleNamespace:
 class SqliteLedgerReader:
     """An open read transaction on a SQLite ledger, with its plan and changeset readers."""
 
-    def __init__(self, connection: sqlite3.Connection) -> None:
+    def __init__(self, connection: sqlite3.Connection, *, base: Path | None = None) -> None:
         self._db = connection
+        #: The embedded ledger's root: plans' relative workspaces are resolved against it.
+        self.base = base
         self.plans = SqlitePlanReader(self)
         self.changesets = SqliteChangeSetReader(self)
 
@@ -100,7 +107,7 @@ class SqlitePlanReader:
         rows = self._reader.query("SELECT * FROM plans WHERE id = ?", (key,))
         if not rows:
             raise NotFoundError(f"plan {key} not found")
-        return plan_from_row(rows[0])
+        return plan_from_row(rows[0], self._reader.base)
 
     def list(self, state: PlanState | None = None) -> list[Plan]:
         if state is None:
@@ -113,7 +120,7 @@ class SqlitePlanReader:
             rows = self._reader.query(
                 "SELECT * FROM plans WHERE state = ? ORDER BY id", (wanted.value,)
             )
-        return [plan_from_row(row) for row in rows]
+        return [plan_from_row(row, self._reader.base) for row in rows]
 
 
 class SqliteChangeSetReader:
@@ -245,7 +252,7 @@ def open_reader(path: Path) -> SqliteLedgerReader | None:
         connection.close()
         return None
     connection.row_factory = _record
-    return SqliteLedgerReader(connection)
+    return SqliteLedgerReader(connection, base=embedded_root(str(path)))
 
 
 def _journal_left(path: Path) -> bool:

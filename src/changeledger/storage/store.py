@@ -7,33 +7,46 @@ sequence numbers it hands out are gapless and unique however many writers there 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import functools
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
+from pathlib import Path
 from typing import Any, NoReturn
 
 from sqlalchemy import ColumnElement, Connection, Row, case, delete, distinct, func, select, update
 from sqlalchemy.exc import IntegrityError
 
-from changeledger.domain.errors import MissingArtifactError, NotFoundError, ValidationError
+from changeledger.domain.errors import (
+    MissingArtifactError,
+    NotFoundError,
+    ValidationError,
+    WorkspaceError,
+)
 from changeledger.domain.ids import check_id, new_id
 from changeledger.domain.models import (
+    ApplyFile,
+    ApplyRecord,
     ChangeEntry,
     ChangeOperation,
     ChangeSetSummary,
     CleanupResult,
     FileChange,
     InvocationStatus,
+    PlanError,
+    PlanState,
     SpecChangeSet,
     ToolCall,
     ToolInvocation,
     build_entry,
+    check_recordable,
     utcnow,
 )
 from changeledger.domain.redact import Redactor
-from changeledger.domain.validation import check_digest, json_roundtrip
-from changeledger.storage import blobs
+from changeledger.domain.validation import check_digest, json_roundtrip, storable_text, to_json
+from changeledger.storage import applies, blobs
 from changeledger.storage.blobs import rowcount
+from changeledger.storage.locate import find_ledger
 from changeledger.storage.mapping import (
     entry_from_row,
     entry_values,
@@ -58,10 +71,12 @@ from changeledger.storage.tables import (
     EXISTING_BLOBS,
     FAST_INSERT_ENTRY,
     FAST_INSERT_INVOCATION,
+    FAST_PLAN_STATE,
     FAST_RESERVE,
     INSERT_ENTRY,
     INSERT_INVOCATION,
     INVOCATIONS,
+    PLAN_STATE,
     PLANS,
     RESERVE,
     SELECT_CHANGESET,
@@ -74,11 +89,127 @@ class SqlChangeSetStore:
     """Changesets, entries, invocations and blobs in one SQL database."""
 
     def __init__(
-        self, session_factory: SessionFactory, *, redactor: Redactor | None = None
+        self,
+        session_factory: SessionFactory,
+        *,
+        redactor: Redactor | None = None,
+        home: Path | None = None,
     ) -> None:
         self._uow = UnitOfWork(session_factory)
         #: Secrets in tool calls are masked with these rules before anything is written.
         self.redactor = Redactor.from_env() if redactor is None else redactor
+        #: The embedded ledger's file (``<root>/.changeledger/ledger.db``), if it is one.
+        self.home = home
+        self._ledger_id: str | None = None
+
+    # -- the ledger and its applies ----------------------------------------------------
+
+    @property
+    def ledger_id(self) -> str:
+        """This ledger's id: apply journals carry it, and recovery trusts no other."""
+        if self._ledger_id is None:
+            self._ledger_id = self._read_ledger_id()
+        return self._ledger_id
+
+    @database_retry("read the ledger's id")
+    def _read_ledger_id(self) -> str:
+        with self._uow.connect(write=False) as conn:
+            found = conn.execute(
+                select(applies.META.c.value).where(applies.META.c.key == applies.LEDGER_ID_KEY)
+            ).scalar()
+        if found is not None:
+            return str(found)
+        with self._uow.connect(write=True) as conn:
+            return applies.read_ledger_id(conn)
+
+    def begin_apply(
+        self,
+        plan_id: str,
+        *,
+        changeset_id: str | None,
+        through_seq: int,
+        workspace: str,
+        files: Sequence[ApplyFile],
+    ) -> ApplyRecord:
+        """Move the plan to ``applying`` and record the apply, in one transaction, only if
+        its changeset still holds exactly ``through_seq`` entries (``StateTransitionError``
+        otherwise: something was recorded since the apply read it)."""
+        key = check_id(plan_id, "plan_id")
+        self._check_home(key, workspace)
+        # The id and time are chosen once: a retry after a commit whose reply was lost
+        # finds its own record instead of beginning a second apply.
+        begin = functools.partial(
+            applies.begin,
+            apply_id=new_id(),
+            plan_id=key,
+            changeset_id=changeset_id,
+            through_seq=through_seq,
+            workspace=workspace,
+            files=list(files),
+            now=utcnow(),
+        )
+        return self._begin_apply(begin)
+
+    @database_retry("begin an apply")
+    def _begin_apply(self, begin: Callable[[Connection], ApplyRecord]) -> ApplyRecord:
+        with self._uow.connect(write=True) as conn:
+            return begin(conn)
+
+    def finish_apply(
+        self, apply_id: str, *, applied: bool, error: PlanError | None = None
+    ) -> ApplyRecord:
+        """End a running apply: the plan becomes ``applied`` or ``apply_failed`` with it."""
+        key = check_id(apply_id, "apply_id")
+        if error is not None:
+            error = self.redactor.plan_error(error)
+        details = None if error is None else to_json(dict(error.details), "error.details")
+        message = None if error is None else storable_text(error.message)
+        return self._finish_apply(key, applied, message, details, utcnow())
+
+    @database_retry("finish an apply")
+    def _finish_apply(
+        self, key: str, applied: bool, message: str | None, details: str | None, now: datetime
+    ) -> ApplyRecord:
+        with self._uow.connect(write=True) as conn:
+            return applies.finish(
+                conn, key, applied=applied, error=message, error_details=details, now=now
+            )
+
+    @database_retry("read an apply")
+    def get_apply(self, apply_id: str) -> ApplyRecord:
+        key = check_id(apply_id, "apply_id")
+        with self._uow.connect(write=False) as conn:
+            return applies.load(conn, key)
+
+    @database_retry("read a plan's applies")
+    def applies_for_plan(self, plan_id: str) -> list[ApplyRecord]:
+        """Every apply of the plan, oldest first."""
+        key = check_id(plan_id, "plan_id")
+        with self._uow.connect(write=False) as conn:
+            return applies.for_plan(conn, key)
+
+    def _check_home(self, plan_id: str, workspace: str) -> None:
+        """Refuse to apply into a workspace that belongs to another embedded ledger: the
+        plan names it by an absolute path while this ledger sits elsewhere (a project
+        copied with a ledger from before workspaces were kept relative to it)."""
+        if self.home is None:
+            return
+        with self._uow.connect(write=False) as conn:
+            stored = conn.execute(select(PLANS.c.workspace).where(PLANS.c.id == plan_id)).scalar()
+        if stored is None or not Path(stored).is_absolute():
+            return  # not found (reported later), or kept relative to this very ledger
+        owner = find_ledger(Path(workspace))
+        try:
+            ours = owner is not None and owner.samefile(self.home)
+        except OSError:
+            ours = False
+        if owner is not None and not ours:
+            raise WorkspaceError(
+                f"plan {plan_id}'s workspace {workspace} belongs to the ledger {owner}, "
+                f"not to this one ({self.home}); was the project copied or moved? Apply it "
+                "from that ledger, or create the plan again in this project",
+                field="workspace",
+            )
 
     @database_retry("start a changeset")
     def start(self, plan_id: str) -> SpecChangeSet:
@@ -90,6 +221,7 @@ class SqlChangeSetStore:
             ).one_or_none()
             if plan is None:
                 raise NotFoundError(f"plan {key} not found")
+            check_recordable(key, PlanState(plan.state))
             session.add(
                 ChangeSetModel(
                     id=changeset.id,
@@ -410,6 +542,17 @@ def _reserve(
     if bumped is None:
         _raise_missing(conn, changeset_id)
     plan_id, entry_count, invocation_count = bumped
+    # A separate statement after the lock is taken: under PostgreSQL's READ COMMITTED it
+    # sees a state that an apply committed while this write waited for the lock.
+    if conn.dialect.name == "sqlite":
+        cursor = FAST_PLAN_STATE.execute(conn, {"plan_id": plan_id})
+        try:
+            state = cursor.fetchone()[0]
+        finally:
+            cursor.close()
+    else:
+        state = conn.execute(PLAN_STATE, {"plan_id": plan_id}).scalar_one()
+    check_recordable(plan_id, PlanState(state))
     return plan_id, entry_count - entries + 1, invocation_count
 
 

@@ -61,9 +61,13 @@ SELECT_INVOCATIONS = (
     .order_by(INVOCATIONS.c.seq)
 )
 SELECT_CHANGESET = select(CHANGESETS).where(CHANGESETS.c.id == bindparam("cs_id"))
+#: A plan's state, read after ``RESERVE`` took the changeset's lock: recording into a plan
+#: that is being applied is refused (the apply took that lock to move the state).
+PLAN_STATE = select(PLANS.c.state).where(PLANS.c.id == bindparam("plan_id"))
 
 # The same statements, prepared for the SQLite fast path (``fastpath``).
 FAST_RESERVE = Prepared(RESERVE)
 FAST_INSERT_ENTRY = Prepared(INSERT_ENTRY)
 FAST_INSERT_INVOCATION = Prepared(INSERT_INVOCATION)
 FAST_INSERT_BLOB = Prepared(insert_blob("sqlite"))
+FAST_PLAN_STATE = Prepared(PLAN_STATE)

@@ -1,45 +1,83 @@
 """Writing a plan's net change to the workspace: all of it, or none of it.
 
-The applier works in three phases, each finished before the next starts, under a journal
-kept in ``.changeledger/journal/<plan id>/`` of the workspace:
+Before anything is written, ``plan_writes`` checks every path against the workspace (its
+content, kind and mode must be what the plan was staged against; no directory on the way
+may be a symlink) and decides the mode each written file gets. The ``Applier`` then works
+in phases, each finished before the next starts, under a journal kept in
+``.changeledger/journal/<plan id>/`` of the workspace:
 
-1. back up: every file that will be replaced or deleted gets a hard link (a copy where the
-   filesystem has none) in the journal's ``originals/``;
-2. stage: every new content is written to a file in the journal's ``staged/`` and fsynced;
-3. commit: deletes are unlinked, new directories made, and staged files renamed over their
-   targets; every touched directory is fsynced.
+1. journal: every step, the directories to make, and the ids of the ledger and of the
+   apply (recovery acts on no other journal), written and fsynced;
+2. back up: every file that will be replaced or deleted gets a hard link in the journal's
+   ``originals/``, or, on another file system than the journal (a mount point inside the
+   workspace), next to itself (``.changeledger-<token>-<n>.old.tmp``), a copy if it cannot
+   be linked;
+3. stage: every new content is written and fsynced in the journal's ``staged/``, or next to
+   its target on another file system (``.changeledger-<token>-<n>.new.tmp``);
+4. commit: deletes are unlinked, new directories made, staged files renamed over their
+   targets, emptied directories removed, every touched directory fsynced;
+5. verify: every written path still holds the very file that was renamed there (a swap of
+   a directory for a symlink during the apply, or any other concurrent change, fails it).
 
-The journal is written and fsynced before phase 1. Rolling back (after any failure, or
-when a crashed apply's journal is found) removes the files the plan created and the
-directories it made, puts each backup back with a rename, and deletes the journal: the
-workspace is then byte for byte what it was, whatever point the apply reached.
+Every file system operation walks from the workspace root by directory descriptors and
+follows no symlink (``workspace.fsroot``). Rolling back (after any failure, or for a
+crashed apply's journal) removes the files the plan created and the directories it made,
+puts each original back with a rename on its own file system, and deletes the journal:
+the workspace is then byte for byte what it was, whatever point the apply reached. A
+journal is untrusted input: every path in it is checked as a tool's path is
+(``read_journal``) before anything acts on it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import json
 import os
+import posixpath
+import re
 import secrets
-import shutil
 import signal
 import stat
+import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from changeledger.constants import JOURNAL_DIR, LEDGER_DIR
-from changeledger.domain.errors import ApplyError, ChangeLedgerError, WorkspaceError
-from changeledger.domain.models import ChangeEntry, ChangeOperation, sha256_hex
-from changeledger.workspace.confine import Workspace
+from changeledger.domain.errors import (
+    ApplyError,
+    ChangeLedgerError,
+    JournalError,
+    ValidationError,
+)
+from changeledger.domain.ids import check_id
+from changeledger.domain.models import (
+    SPECIAL_MODE_BITS,
+    ChangeEntry,
+    ChangeOperation,
+    sha256_hex,
+)
+from changeledger.domain.paths import normalize_path
+from changeledger.workspace.confine import MAX_FILE_BYTES, Workspace
+from changeledger.workspace.fsroot import FsRoot, PathBlocked, Pins
 from changeledger.workspace.staged import DEFAULT_MODE
 
 #: Test seams: SIGKILL this process, or fail as a full disk does, at the N-th filesystem
 #: step of an apply. Crash and fault tests use them; nothing else sets them.
 CRASH_ENV = "CHANGELEDGER_TEST_CRASH_AT_STEP"
 FAIL_ENV = "CHANGELEDGER_TEST_FAIL_AT_STEP"
+
+#: The workspace-relative folder holding one journal folder per plan being applied.
+JOURNALS = f"{LEDGER_DIR}/{JOURNAL_DIR}"
+#: Version of ``journal.json``; version 1 (no ledger or apply id) came before 0.1.
+JOURNAL_FORMAT = 2
+#: A journal larger than this is not read (a plan of 100,000 files writes about 40 MB).
+MAX_JOURNAL_BYTES = 256 * 1024 * 1024
+#: Errors that mean "no hard link here": the backup is then copied.
+_NO_LINK = frozenset({errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP})
 
 
 @dataclass(frozen=True)
@@ -51,6 +89,8 @@ class NetChange:
     after_hash: str | None
     mode: int | None
     before_mode: int | None = None
+    #: The path a created file was moved from: it keeps its mode, as ``mv`` does.
+    moved_from: str | None = None
 
     @property
     def operation(self) -> str:
@@ -78,10 +118,25 @@ class Conflict:
         )
 
 
+@dataclass(frozen=True)
+class PlannedChange:
+    """One path as apply writes it: the net change, the permission bits the file gets
+    (``None`` for a delete) and the bits it has now (``None``: absent)."""
+
+    change: NetChange
+    mode: int | None
+    current_mode: int | None
+
+    @property
+    def path(self) -> str:
+        return self.change.path
+
+
 def net_changes(entries: Iterable[ChangeEntry]) -> list[NetChange]:
     """Per path, the first recorded before and the last recorded after; no-ops dropped."""
     first: dict[str, tuple[str | None, int | None]] = {}
     last: dict[str, tuple[str | None, int | None]] = {}
+    moved: dict[str, str] = {}
 
     def touch(
         path: str, before: str | None, before_mode: int | None, after: str | None, mode: int | None
@@ -93,249 +148,614 @@ def net_changes(entries: Iterable[ChangeEntry]) -> list[NetChange]:
         if entry.operation is ChangeOperation.RENAME and entry.old_path is not None:
             touch(entry.old_path, entry.before_hash, entry.before_mode, None, entry.mode)
             touch(entry.path, None, None, entry.after_hash, entry.mode)
+            moved[entry.path] = moved.pop(entry.old_path, entry.old_path)
         else:
             touch(entry.path, entry.before_hash, entry.before_mode, entry.after_hash, entry.mode)
+            if entry.after_hash is None:
+                moved.pop(entry.path, None)
     changes = []
     for path in sorted(first):
         (before, before_mode), (after, mode) = first[path], last[path]
         mode_changed = None not in (before_mode, mode) and before_mode != mode
         if before != after or (after is not None and mode_changed):
-            changes.append(NetChange(path, before, after, mode, before_mode))
+            source = moved.get(path) if before is None else None
+            changes.append(NetChange(path, before, after, mode, before_mode, source))
     return changes
 
 
-def check_preconditions(workspace: Workspace, changes: Sequence[NetChange]) -> list[Conflict]:
-    """Every path whose current content differs from the plan's staged base."""
-    conflicts = []
+def current_umask() -> int:
+    """This process's umask, read without changing it where the kernel tells it."""
+    try:
+        with Path("/proc/self/status").open(encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: the classic read (set and restore)
+    os.umask(mask)
+    return mask
+
+
+def plan_writes(
+    workspace: Workspace,
+    changes: Sequence[NetChange],
+    *,
+    umask: int | None = None,
+    sensitive: Callable[[str], bool] = lambda _path: False,
+) -> tuple[list[PlannedChange], list[Conflict]]:
+    """Check every path against the workspace; return what to write and the conflicts.
+
+    A path conflicts when its content (or absence) is not the plan's staged base, when it
+    or a directory on the way is a symlink, or a directory where a file was, when a
+    directory it needs is a file the plan does not delete, and when the plan changes its
+    mode and the workspace's mode changed since staging. Modes written: a new file gets
+    the staged bits (0600 for a file the masking rules call sensitive) within the umask;
+    a modified file keeps its workspace bits unless the plan changes them. Never setuid,
+    setgid or sticky.
+    """
+    mask = current_umask() if umask is None else umask
+    planned: list[PlannedChange] = []
+    conflicts: list[Conflict] = []
     deleted = {c.path for c in changes if c.after_hash is None}
-    for change in changes:
-        try:
-            target = workspace.locate(change.path)
-            if target.is_symlink():
-                raise WorkspaceError(f"{change.path!r} is now a symlink")
-            state = workspace.read(change.path)
-        except WorkspaceError as exc:
-            conflicts.append(Conflict(change.path, change.before_hash, None, exc.message))
-            continue
-        actual = None if state is None else sha256_hex(state.content)
-        if actual != change.before_hash:
-            reason = (
-                "changed"
-                if actual and change.before_hash
-                else ("created meanwhile" if actual else "deleted meanwhile")
-            )
-            conflicts.append(Conflict(change.path, change.before_hash, actual, reason))
-            continue
-        if change.after_hash is not None and change.before_hash is None:
-            parts = change.path.split("/")
-            for index in range(1, len(parts)):
-                parent = "/".join(parts[:index])
-                spot = workspace.root / parent
-                if (spot.is_file() or spot.is_symlink()) and parent not in deleted:
+    with FsRoot(workspace.root) as fs:
+        for change in changes:
+            state = _current(fs, change, deleted)
+            if isinstance(state, Conflict):
+                conflicts.append(state)
+                continue
+            digest, current_mode = state
+            if digest != change.before_hash:
+                reason = (
+                    "changed"
+                    if digest and change.before_hash
+                    else ("created meanwhile" if digest else "deleted meanwhile")
+                )
+                conflicts.append(Conflict(change.path, change.before_hash, digest, reason))
+                continue
+            if change.after_hash is None:
+                planned.append(PlannedChange(change, None, current_mode))
+                continue
+            if current_mode is None:
+                blocked = _blocked_parent(fs, change.path, deleted)
+                if blocked is not None:
+                    conflicts.append(Conflict(change.path, None, None, blocked))
+                    continue
+                wanted = change.mode if change.mode is not None else DEFAULT_MODE
+                if change.moved_from is None:  # a new file: the umask decides, as for any
+                    wanted = (0o600 if sensitive(change.path) else wanted) & ~mask
+                mode = wanted & 0o777
+            else:
+                before, after = change.before_mode, change.mode
+                changes_mode = before is not None and after is not None and before != after
+                if changes_mode and current_mode != before:
                     conflicts.append(
-                        Conflict(change.path, None, None, f"{parent} is a file, not a directory")
+                        Conflict(
+                            change.path,
+                            change.before_hash,
+                            digest,
+                            f"mode changed since staging (staged {before:04o}, "
+                            f"now {current_mode:04o}) and the plan changes it",
+                        )
                     )
-                    break
-    return conflicts
+                    continue
+                mode = (after if changes_mode and after is not None else current_mode) & 0o777
+            planned.append(PlannedChange(change, mode & ~SPECIAL_MODE_BITS, current_mode))
+    return planned, conflicts
 
 
-def journal_path(workspace: Workspace, plan_id: str) -> Path:
-    return workspace.root / LEDGER_DIR / JOURNAL_DIR / plan_id
+def _current(
+    fs: FsRoot, change: NetChange, deleted: set[str]
+) -> tuple[str | None, int | None] | Conflict:
+    """The content digest and mode at ``change.path`` now (``None``s when absent, also
+    below a file the plan deletes to make a directory there)."""
+    try:
+        info = fs.lstat(change.path)
+        if info is None:
+            return None, None
+        kind = stat.S_IFMT(info.st_mode)
+        if kind == stat.S_IFLNK:
+            reason = "is now a symlink; changeledger never writes through a symlink"
+        elif kind == stat.S_IFDIR:
+            reason = "is now a directory"
+        elif kind != stat.S_IFREG:
+            reason = "is not a regular file"
+        elif info.st_size > MAX_FILE_BYTES:
+            return Conflict(change.path, change.before_hash, None, "changed (now too large)")
+        else:
+            found = fs.read(change.path)
+            if found is None:
+                return None, None
+            return sha256_hex(found[0]), stat.S_IMODE(found[1].st_mode)
+    except PathBlocked as exc:
+        if exc.what == "a file" and exc.at in deleted:
+            return None, None
+        reason = str(exc)
+        if exc.what == "a symlink":
+            reason += "; changeledger never writes through a symlink"
+    except OSError as exc:
+        reason = f"cannot be read: {exc.strerror or exc}"
+    return Conflict(change.path, change.before_hash, None, reason)
 
 
-def pending_journals(workspace: Workspace) -> list[str]:
-    """Plan ids with an apply journal left in this workspace (also one a crash left before
-    its ``journal.json`` was written: nothing was touched then, but the folder must go)."""
-    base = workspace.root / LEDGER_DIR / JOURNAL_DIR
-    if not base.is_dir():
-        return []
-    return sorted(p.name for p in base.iterdir() if p.is_dir())
+def _blocked_parent(fs: FsRoot, path: str, deleted: set[str]) -> str | None:
+    """Why a new file at ``path`` cannot be made: a directory on the way is a file the
+    plan keeps, or a symlink."""
+    parts = path.split("/")
+    for index in range(1, len(parts)):
+        parent = "/".join(parts[:index])
+        try:
+            info = fs.lstat(parent)
+        except PathBlocked as exc:
+            return str(exc)
+        if info is None:
+            return None
+        if stat.S_ISDIR(info.st_mode):
+            continue
+        if stat.S_ISLNK(info.st_mode):
+            return f"{parent} is a symlink; changeledger never writes through a symlink"
+        if parent in deleted:
+            return None  # the plan turns this file into a directory
+        return f"{parent} is a file, not a directory"
+    return None
+
+
+def check_preconditions(workspace: Workspace, changes: Sequence[NetChange]) -> list[Conflict]:
+    """Every path whose current state differs from the plan's staged base."""
+    return plan_writes(workspace, changes)[1]
+
+
+# -- the journal ------------------------------------------------------------------------------
 
 
 @dataclass
-class _Step:
+class JournalStep:
+    """One path of a journal. ``backup``/``staged`` are names inside the journal folder;
+    ``beside_old``/``beside_new`` are workspace paths next to the target, used where the
+    target is on another file system than the journal."""
+
     path: str
     before: str | None
     after: str | None
     mode: int | None
-    backup: str | None  # hard link (or copy) of the original, in the journal
-    staged: str | None  # the new content, written and fsynced in the journal
-    beside: str | None  # temporary name next to the target, used across filesystems
+    backup: str | None = None
+    staged: str | None = None
+    beside_old: str | None = None
+    beside_new: str | None = None
+
+
+@dataclass
+class Journal:
+    """What an apply is about to do, written before it does any of it."""
+
+    plan_id: str
+    root: str
+    steps: list[JournalStep]
+    created_dirs: list[str]
+    ledger_id: str | None = None  # None: a version-1 journal (before ledger ids)
+    apply_id: str | None = None
+    token: str = ""
+    format: int = JOURNAL_FORMAT
+
+    @property
+    def folder(self) -> str:
+        return journal_folder(self.plan_id)
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self)).encode()
+
+
+def journal_folder(plan_id: str) -> str:
+    """The workspace-relative folder of a plan's journal."""
+    return f"{JOURNALS}/{plan_id}"
+
+
+def journal_path(workspace: Workspace, plan_id: str) -> Path:
+    return workspace.root / journal_folder(plan_id)
+
+
+def pending_journals(workspace: Workspace) -> list[str]:
+    """Names of the journal folders left in this workspace (also one a crash left before
+    its ``journal.json`` was written), sorted. ``JournalError`` if the journal folder
+    cannot be listed safely (a symlink, unreadable)."""
+    where = f"{workspace.root}/{JOURNALS}"
+    try:
+        with FsRoot(workspace.root) as fs:
+            fd = fs.open_dir(JOURNALS)
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        raise JournalError(
+            f"the apply journals at {where} cannot be read: {exc}; check that folder "
+            "(remove it if no apply is running)",
+            path=where,
+        ) from exc
+    try:
+        with os.scandir(fd) as entries:
+            return sorted(entry.name for entry in entries)
+    finally:
+        os.close(fd)
+
+
+def read_journal(workspace: Workspace, name: str) -> Journal | None:
+    """The journal in folder ``name``, checked; ``None`` when the folder holds no
+    ``journal.json`` (an apply killed before writing it). ``JournalError`` naming the file
+    when it is unreadable, corrupt, or names a path outside the workspace."""
+    where = f"{workspace.root}/{JOURNALS}/{name}/journal.json"
+    try:
+        with FsRoot(workspace.root) as fs:
+            info = fs.lstat(f"{JOURNALS}/{name}")
+            if info is None or not stat.S_ISDIR(info.st_mode):
+                raise JournalError(
+                    f"{workspace.root}/{JOURNALS}/{name} is not a journal folder; remove it",
+                    path=where,
+                )
+            record = fs.lstat(f"{JOURNALS}/{name}/journal.json")
+            if record is None:
+                return None
+            if record.st_size > MAX_JOURNAL_BYTES:
+                raise JournalError(f"apply journal {where} is too large to be one", path=where)
+            found = fs.read(f"{JOURNALS}/{name}/journal.json")
+    except JournalError:
+        raise
+    except OSError as exc:
+        raise JournalError(
+            f"apply journal {where} cannot be read: {exc.strerror or exc}", path=where
+        ) from exc
+    if found is None:
+        return None
+    try:
+        raw = json.loads(found[0])
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise JournalError(
+            f"apply journal {where} is corrupt (not JSON); check the workspace, then remove "
+            f"its folder: rm -r {posixpath.dirname(where)}",
+            path=where,
+        ) from exc
+    try:
+        return parse_journal(raw, name)
+    except ValidationError as exc:
+        raise JournalError(
+            f"apply journal {where} is not one changeledger wrote ({exc.message}); it is "
+            f"left alone: check the workspace, then remove it: rm -r {posixpath.dirname(where)}",
+            path=where,
+        ) from exc
+
+
+_BESIDE = re.compile(r"^\.changeledger-([0-9a-f]{12})-(\d+)\.(old|new)\.tmp$")
+_LEGACY_BESIDE = re.compile(r"^\..*\.changeledger-([0-9A-Za-z]+)-(\d+)\.tmp$")
+_STEP_KEYS = frozenset(f.name for f in JournalStep.__dataclass_fields__.values())
+_LEGACY_STEP_KEYS = frozenset({"path", "before", "after", "mode", "backup", "staged", "beside"})
+#: Most steps a journal may list (a plan of a million files is not applied at once).
+MAX_JOURNAL_STEPS = 1_000_000
+
+
+def parse_journal(raw: object, name: str) -> Journal:
+    """A journal's record, every field checked (``ValidationError`` saying which)."""
+    if not isinstance(raw, dict):
+        raise ValidationError("its record is not an object")
+    version = raw.get("format", 1)
+    if version not in (1, JOURNAL_FORMAT):
+        raise ValidationError(f"unknown format {version!r}")
+    plan_id = check_id(raw.get("plan_id"), "plan_id")
+    if plan_id != name:
+        raise ValidationError(f"it is for plan {plan_id} but lies in folder {name}")
+    root = raw.get("root")
+    if not isinstance(root, str):
+        raise ValidationError("root is not a path")
+    steps_raw = raw.get("steps")
+    dirs_raw = raw.get("created_dirs")
+    if not isinstance(steps_raw, list) or len(steps_raw) > MAX_JOURNAL_STEPS:
+        raise ValidationError("steps is not a list of steps")
+    if not isinstance(dirs_raw, list):
+        raise ValidationError("created_dirs is not a list")
+    created = [normalize_path(d, "created_dirs") for d in dirs_raw]
+    if version == 1:
+        steps = [_legacy_step(s, i) for i, s in enumerate(steps_raw)]
+        return Journal(plan_id, root, steps, created, format=1)
+    token = raw.get("token")
+    if not isinstance(token, str) or not re.fullmatch(r"[0-9a-f]{12}", token):
+        raise ValidationError("token is missing")
+    steps = [_step(s, i, token) for i, s in enumerate(steps_raw)]
+    return Journal(
+        plan_id=plan_id,
+        root=root,
+        steps=steps,
+        created_dirs=created,
+        ledger_id=check_id(raw.get("ledger_id"), "ledger_id"),
+        apply_id=check_id(raw.get("apply_id"), "apply_id"),
+        token=token,
+    )
+
+
+def _step(raw: object, index: int, token: str) -> JournalStep:
+    if not isinstance(raw, dict) or set(raw) != _STEP_KEYS:
+        raise ValidationError(f"step {index} does not have the fields of a step")
+    step = JournalStep(**raw)
+    _check_common(step, index)
+    for name, kind in (("beside_old", "old"), ("beside_new", "new")):
+        value = getattr(step, name)
+        if value is None:
+            continue
+        rel = normalize_path(value, name)
+        match = _BESIDE.match(posixpath.basename(rel))
+        if match is None or match.groups() != (token, str(index), kind):
+            raise ValidationError(f"step {index} names {value!r} as its {name}")
+        _check_near(step.path, rel, index)
+        setattr(step, name, rel)
+    return step
+
+
+def _legacy_step(raw: object, index: int) -> JournalStep:
+    if not isinstance(raw, dict) or set(raw) != _LEGACY_STEP_KEYS:
+        raise ValidationError(f"step {index} does not have the fields of a step")
+    beside = raw["beside"]
+    fields = {key: value for key, value in raw.items() if key != "beside"}
+    step = JournalStep(**fields)
+    _check_common(step, index)
+    if beside is not None:
+        match = _LEGACY_BESIDE.match(beside) if isinstance(beside, str) else None
+        if match is None or match.group(2) != str(index) or "/" in beside:
+            raise ValidationError(f"step {index} names {beside!r} as its temporary file")
+        parent = posixpath.dirname(step.path)
+        step.beside_new = normalize_path(posixpath.join(parent, beside), "beside")
+    return step
+
+
+def _check_common(step: JournalStep, index: int) -> None:
+    step.path = normalize_path(step.path, "path")
+    for name in ("before", "after"):
+        value = getattr(step, name)
+        if value is not None and not (
+            isinstance(value, str) and re.fullmatch(r"[0-9a-f]{64}", value)
+        ):
+            raise ValidationError(f"step {index} has a bad {name} digest")
+    mode: object = step.mode  # from JSON: any type until checked
+    if mode is not None and not (
+        isinstance(mode, int) and not isinstance(mode, bool) and 0 <= mode <= 0o777
+    ):
+        raise ValidationError(f"step {index} has a bad mode")
+    if step.backup not in (None, f"originals/{index}"):
+        raise ValidationError(f"step {index} names {step.backup!r} as its backup")
+    if step.staged not in (None, f"staged/{index}"):
+        raise ValidationError(f"step {index} names {step.staged!r} as its staged file")
+
+
+def _check_near(path: str, beside: str, index: int) -> None:
+    """A temporary file sits in its target's directory or one of that directory's
+    ancestors (the nearest that existed when the apply began)."""
+    folder = posixpath.dirname(beside)
+    parent = posixpath.dirname(path)
+    if folder and parent != folder and not parent.startswith(folder + "/"):
+        raise ValidationError(f"step {index} keeps a temporary file away from its target")
+
+
+# -- applying -----------------------------------------------------------------------------
+
+
+@dataclass
+class _Placed:
+    """Where a step's new content is now, and which file (device, inode) it is."""
+
+    rel: str
+    inode: tuple[int, int]
+
+
+@dataclass
+class _Run:
+    """What one apply did so far (in memory: the journal says what it may have done)."""
+
+    placed: dict[int, _Placed] = field(default_factory=dict)
 
 
 class Applier:
-    """Applies net changes for one plan to one workspace; see the module docstring."""
+    """Applies planned changes for one plan to one workspace; see the module docstring."""
 
-    def __init__(self, workspace: Workspace, plan_id: str, *, keep_artifacts: bool = False) -> None:
+    def __init__(
+        self,
+        workspace: Workspace,
+        plan_id: str,
+        *,
+        ledger_id: str,
+        apply_id: str,
+        keep_artifacts: bool = False,  # accepted for compatibility: staged work is kept
+    ) -> None:
         self.workspace = workspace
         self.plan_id = plan_id
-        self.keep_artifacts = keep_artifacts
-        self.journal = journal_path(workspace, plan_id)
+        self.ledger_id = ledger_id
+        self.apply_id = apply_id
+        self.folder = journal_folder(plan_id)
         self.fsync_seconds = 0.0
         self._crash_at = int(os.environ.get(CRASH_ENV, "0") or 0)
         self._fail_at = int(os.environ.get(FAIL_ENV, "0") or 0)
         self._step_count = 0
+        #: The journal of the last ``apply`` (what ``finish`` forgets).
+        self.journal: Journal | None = None
+        del keep_artifacts
 
-    def apply(self, changes: Sequence[NetChange], contents: dict[str, bytes]) -> None:
-        """Write ``changes`` (new contents by hash in ``contents``) or roll back and raise."""
-        # A token of this apply in every temporary name: rollback removes only its own.
-        token = secrets.token_hex(6)
-        steps = [
-            _Step(
-                path=c.path,
-                before=c.before_hash,
-                after=c.after_hash,
-                mode=c.mode,
-                backup=None if c.before_hash is None else f"originals/{index}",
-                staged=None if c.after_hash is None else f"staged/{index}",
-                beside=None
-                if c.after_hash is None
-                else f".{Path(c.path).name}.changeledger-{token}-{index}.tmp",
-            )
-            for index, c in enumerate(changes)
-        ]
-        created_dirs = self._missing_dirs(steps)
+    def apply(self, planned: Sequence[PlannedChange], contents: dict[str, bytes]) -> None:
+        """Write ``planned`` (new contents by hash in ``contents``) or roll back and raise."""
+        pins = Pins()
         try:
-            self._write_journal(steps, created_dirs)
-            self._backup(steps)
-            self._stage(steps, contents)
-            self._commit(steps, created_dirs)
-        except Exception as exc:
-            try:
-                rollback(self.workspace, self.plan_id)
-            except Exception as undo_exc:
-                raise ApplyError(
-                    f"apply failed ({exc}) and the workspace is not fully restored yet: {undo_exc}",
-                    restored=False,
-                ) from exc
-            if isinstance(exc, ChangeLedgerError):
-                raise ApplyError(f"apply failed and was rolled back: {exc.message}") from exc
-            raise ApplyError(f"apply failed and was rolled back: {exc}") from exc
+            with FsRoot(self.workspace.root, pins=pins) as fs:
+                journal = self.journal = self._journal(fs, planned)
+                run = _Run()
+                try:
+                    self._write_journal(fs, journal)
+                    self._backup(fs, journal)
+                    self._stage(fs, journal, contents, run)
+                    self._commit(fs, journal, run)
+                    self._verify(fs, journal, run)
+                except Exception as exc:
+                    # Undo in the directories the apply changed, wherever they are now.
+                    pins.record, pins.use = False, True
+                    try:
+                        rollback(self.workspace, journal, pins=pins)
+                    except Exception as undo_exc:
+                        raise ApplyError(
+                            f"apply failed ({_reason(exc)}) and the workspace is not fully "
+                            f"restored yet: {_reason(undo_exc)}",
+                            restored=False,
+                        ) from exc
+                    raise ApplyError(f"apply failed and was rolled back: {_reason(exc)}") from exc
+        finally:
+            pins.close()
 
     def finish(self) -> None:
         """Forget the journal once the ledger has recorded the apply as done."""
-        shutil.rmtree(self.journal, ignore_errors=True)
-        _fsync_dir(self.journal.parent)
+        if self.journal is not None:
+            forget(self.workspace, self.journal)
 
     # -- phases ----------------------------------------------------------------------------
 
-    def _write_journal(self, steps: list[_Step], created_dirs: list[str]) -> None:
-        if self.journal.exists():
+    def _journal(self, fs: FsRoot, planned: Sequence[PlannedChange]) -> Journal:
+        token = secrets.token_hex(6)
+        steps: list[JournalStep] = []
+        created: list[str] = []
+        deleted = {p.path for p in planned if p.change.after_hash is None}
+        for index, item in enumerate(planned):
+            change = item.change
+            parent = posixpath.dirname(change.path)
+            step = JournalStep(path=change.path, before=change.before_hash, after=None, mode=None)
+            if change.before_hash is not None:
+                step.backup = f"originals/{index}"
+                step.beside_old = _join(parent, f".changeledger-{token}-{index}.old.tmp")
+            if change.after_hash is not None:
+                step.after = change.after_hash
+                step.mode = item.mode
+                step.staged = f"staged/{index}"
+                near = _nearest_dir(fs, parent, created, deleted)
+                step.beside_new = _join(near, f".changeledger-{token}-{index}.new.tmp")
+            steps.append(step)
+        return Journal(
+            plan_id=self.plan_id,
+            root=str(self.workspace.root),
+            steps=steps,
+            created_dirs=created,
+            ledger_id=self.ledger_id,
+            apply_id=self.apply_id,
+            token=token,
+        )
+
+    def _write_journal(self, fs: FsRoot, journal: Journal) -> None:
+        if fs.lstat(f"{self.folder}/journal.json") is not None:
             raise ApplyError(
                 f"an earlier apply of plan {self.plan_id} left a journal; it must be rolled "
                 "back first"
             )
-        (self.journal / "originals").mkdir(parents=True, mode=stat.S_IRWXU)
-        (self.journal / "staged").mkdir(mode=stat.S_IRWXU)
-        record = {
-            "plan_id": self.plan_id,
-            "root": str(self.workspace.root),
-            "steps": [asdict(s) for s in steps],
-            "created_dirs": created_dirs,
-            "keep_artifacts": self.keep_artifacts,
-        }
-        _atomic_write(self.journal / "journal.json", json.dumps(record).encode(), 0o600)
-        self._sync(self.journal.parent)
-        self._sync(self.journal.parent.parent)
+        if fs.lstat(self.folder) is None:
+            _make_folder(fs, self.folder)
+        self._timed(fs.create, f"{self.folder}/journal.json.tmp", journal.to_json(), 0o600)
+        fs.rename(f"{self.folder}/journal.json.tmp", f"{self.folder}/journal.json")
+        for directory in (self.folder, JOURNALS, LEDGER_DIR):
+            self._sync(fs, directory)
 
-    def _backup(self, steps: list[_Step]) -> None:
-        for step in steps:
-            if step.backup is None:
+    def _backup(self, fs: FsRoot, journal: Journal) -> None:
+        for step in journal.steps:
+            if step.backup is None or step.beside_old is None:
                 continue
             self._crash_point()
-            target = self.workspace.root / step.path
-            backup = self.journal / step.backup
             try:
-                os.link(target, backup)
+                fs.link(step.path, f"{self.folder}/{step.backup}")
             except OSError as exc:
-                if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
+                if exc.errno not in _NO_LINK:
                     raise
-                shutil.copy2(target, backup)
-                _fsync_file(backup)
-        self._sync(self.journal / "originals")
+                # Another file system (a mount point in the workspace): keep the original
+                # next to itself, where a rename can put it back.
+                try:
+                    fs.link(step.path, step.beside_old)
+                except OSError as again:
+                    if again.errno not in _NO_LINK:
+                        raise
+                    self._timed(fs.copy, step.path, step.beside_old)
+        self._sync(fs, f"{self.folder}/originals")
 
-    def _stage(self, steps: list[_Step], contents: dict[str, bytes]) -> None:
-        for step in steps:
-            if step.after is None or step.staged is None:
+    def _stage(self, fs: FsRoot, journal: Journal, contents: dict[str, bytes], run: _Run) -> None:
+        journal_dev = fs.dev_of(self.folder)
+        for index, step in enumerate(journal.steps):
+            if step.after is None or step.staged is None or step.beside_new is None:
                 continue
             self._crash_point()
-            fd = os.open(self.journal / step.staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            try:
-                _write_all(fd, contents[step.after])
-                os.fchmod(fd, step.mode if step.mode is not None else DEFAULT_MODE)
-                self._fsync_fd(fd)
-            finally:
-                os.close(fd)
-        self._sync(self.journal / "staged")
+            near = posixpath.dirname(step.beside_new)
+            where = (
+                f"{self.folder}/{step.staged}"
+                if fs.dev_of(near) == journal_dev
+                else step.beside_new
+            )
+            mode = step.mode if step.mode is not None else DEFAULT_MODE
+            info = self._timed(fs.create, where, contents[step.after], mode)
+            run.placed[index] = _Placed(where, (info.st_dev, info.st_ino))
+        self._sync(fs, f"{self.folder}/staged")
 
-    def _commit(self, steps: list[_Step], created_dirs: list[str]) -> None:
+    def _commit(self, fs: FsRoot, journal: Journal, run: _Run) -> None:
         """Deletes first (a deleted file may be where a new directory goes), then the
         directories, then every new content renamed into place."""
-        touched: set[Path] = set()
-        for step in steps:
+        touched: set[str] = set()
+        for step in journal.steps:
             if step.after is None:
                 self._crash_point()
-                target = self.workspace.root / step.path
-                target.unlink()
-                touched.add(target.parent)
-        for rel in created_dirs:
+                fs.unlink(step.path)
+                touched.add(posixpath.dirname(step.path))
+        for rel in journal.created_dirs:
             self._crash_point()
-            (self.workspace.root / rel).mkdir(mode=0o755)
-            touched.add((self.workspace.root / rel).parent)
-        for step in steps:
-            if step.staged is None:
+            fs.mkdir(rel, 0o777)  # the umask decides, as for any new directory
+            touched.add(posixpath.dirname(rel))
+        for index, step in enumerate(journal.steps):
+            placed = run.placed.get(index)
+            if placed is None or step.beside_new is None:
                 continue
             self._crash_point()
-            target = self.workspace.root / step.path
-            self._move_into_place(self.journal / step.staged, target, step.beside)
-            touched.add(target.parent)
-        touched |= self._prune_emptied(steps)
+            try:
+                fs.rename(placed.rel, step.path)
+            except OSError as exc:
+                if exc.errno != errno.EXDEV:
+                    raise
+                # The journal and the target share a device but not a mount (a bind
+                # mount): copy next to the target, then rename there.
+                info = self._timed(fs.copy, placed.rel, step.beside_new)
+                run.placed[index] = _Placed(step.beside_new, (info.st_dev, info.st_ino))
+                fs.rename(step.beside_new, step.path)
+            touched.add(posixpath.dirname(step.path))
+        touched |= self._prune_emptied(fs, journal)
         for directory in sorted(touched):
-            if directory.is_dir():
-                self._sync(directory)
+            with contextlib.suppress(FileNotFoundError):
+                self._sync(fs, directory)
 
-    def _prune_emptied(self, steps: list[_Step]) -> set[Path]:
+    def _prune_emptied(self, fs: FsRoot, journal: Journal) -> set[str]:
         """Remove directories the plan's deletes left empty, as git does (rollback makes
         them again when it puts a file back)."""
-        parents: set[Path] = set()
-        for step in steps:
+        parents: set[str] = set()
+        for step in journal.steps:
             if step.after is not None:
                 continue
-            directory = (self.workspace.root / step.path).parent
-            while directory != self.workspace.root:
+            directory = posixpath.dirname(step.path)
+            while directory:
                 try:
-                    directory.rmdir()
+                    fs.rmdir(directory)
                 except OSError:
-                    break  # not empty: neither are its parents
-                parents.add(directory.parent)
-                directory = directory.parent
+                    break  # not empty (or not ours to remove): neither are its parents
+                directory = posixpath.dirname(directory)
+                parents.add(directory)
         return parents
 
-    def _move_into_place(self, staged: Path, target: Path, beside: str | None) -> None:
-        try:
-            os.replace(staged, target)
-        except OSError as exc:
-            if exc.errno != errno.EXDEV or beside is None:
-                raise
-            # The target is on another filesystem than the journal: copy next to it first.
-            near = target.parent / beside
-            shutil.copy2(staged, near)
-            _fsync_file(near)
-            os.replace(near, target)
+    def _verify(self, fs: FsRoot, journal: Journal, run: _Run) -> None:
+        """Every written path must hold the file this apply put there: a directory
+        swapped (for a symlink, or another directory) while the apply ran fails it."""
+        for index, step in enumerate(journal.steps):
+            placed = run.placed.get(index)
+            if placed is None:
+                continue
+            try:
+                info = fs.lstat(step.path)
+            except PathBlocked as exc:
+                raise ApplyError(f"the workspace changed during the apply: {exc}") from exc
+            if info is None or (info.st_dev, info.st_ino) != placed.inode:
+                raise ApplyError(
+                    f"the workspace changed during the apply: {step.path} is not the file "
+                    "the apply wrote"
+                )
 
     # -- helpers ---------------------------------------------------------------------------
-
-    def _missing_dirs(self, steps: list[_Step]) -> list[str]:
-        missing: list[str] = []
-        for step in steps:
-            if step.after is None:
-                continue
-            parts = step.path.split("/")[:-1]
-            for index in range(1, len(parts) + 1):
-                rel = "/".join(parts[:index])
-                if rel not in missing and not (self.workspace.root / rel).is_dir():
-                    missing.append(rel)
-        return missing
 
     def _crash_point(self) -> None:
         self._step_count += 1
@@ -344,156 +764,250 @@ class Applier:
         if self._fail_at and self._step_count == self._fail_at:
             raise OSError(errno.ENOSPC, "No space left on device (injected by the test seam)")
 
-    def _sync(self, directory: Path) -> None:
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            self._fsync_fd(fd)
-        finally:
-            os.close(fd)
+    def _sync(self, fs: FsRoot, directory: str) -> None:
+        self._timed(fs.fsync_dir, directory)
 
-    def _fsync_fd(self, fd: int) -> None:
-        import time
-
+    def _timed(self, action: Callable[..., Any], *args: Any) -> Any:
         started = time.perf_counter()
-        os.fsync(fd)
-        self.fsync_seconds += time.perf_counter() - started
+        try:
+            return action(*args)
+        finally:
+            self.fsync_seconds += time.perf_counter() - started
+
+
+def forget(workspace: Workspace, journal: Journal) -> None:
+    """Drop a finished apply's journal: its backups kept beside their targets first, then
+    its folder (a crash in between leaves the folder, which names what is left)."""
+    with FsRoot(workspace.root) as fs:
+        for step in journal.steps:
+            for temporary in (step.beside_old, step.beside_new):
+                if temporary is not None:
+                    with contextlib.suppress(FileNotFoundError):
+                        fs.unlink(temporary)
+        with contextlib.suppress(FileNotFoundError):
+            fs.rmtree(journal.folder)
+        with contextlib.suppress(OSError):
+            fs.fsync_dir(JOURNALS)
+
+
+def prepare_journal(workspace: Workspace, plan_id: str) -> None:
+    """Make the (empty, owner-only) journal folder of the plan's next apply: the first
+    thing an apply writes, before the ledger says ``applying``, so that a workspace where
+    no journal can be written (read-only, full) refuses the apply with nothing changed.
+    ``ApplyError`` if it cannot, or if an earlier apply's journal is still there."""
+    folder = journal_folder(plan_id)
+    try:
+        with FsRoot(workspace.root) as fs:
+            if fs.lstat(folder) is not None:
+                raise ApplyError(
+                    f"an earlier apply of plan {plan_id} left a journal in {workspace.root}; "
+                    "it must be rolled back first"
+                )
+            try:
+                _make_folder(fs, folder)
+            except OSError:
+                with contextlib.suppress(OSError):
+                    fs.rmtree(folder)
+                raise
+    except OSError as exc:
+        raise ApplyError(
+            f"cannot write the apply journal in {workspace.root}: {_reason(exc)}"
+        ) from exc
+
+
+def discard_journal(workspace: Workspace, plan_id: str) -> None:
+    """Remove the plan's journal folder (made by ``prepare_journal``, never used)."""
+    with FsRoot(workspace.root) as fs, contextlib.suppress(FileNotFoundError):
+        fs.rmtree(journal_folder(plan_id))
+
+
+def _make_folder(fs: FsRoot, folder: str) -> None:
+    os.close(fs.open_dir(folder, create=True, mode=stat.S_IRWXU))
+    fs.mkdir(f"{folder}/originals", stat.S_IRWXU)
+    fs.mkdir(f"{folder}/staged", stat.S_IRWXU)
+
+
+def _join(folder: str, name: str) -> str:
+    return f"{folder}/{name}" if folder else name
+
+
+def _nearest_dir(fs: FsRoot, parent: str, created: list[str], deleted: set[str]) -> str:
+    """The nearest existing directory at or above ``parent``; the missing ones below it
+    (absent, or a file the plan deletes) are added (top down) to ``created``. Anything
+    else there now (a symlink, a file the plan keeps) changed since the check."""
+    missing: list[str] = []
+    current = parent
+    while current:
+        try:
+            info = fs.lstat(current)
+        except PathBlocked as exc:
+            if not (exc.what == "a file" and exc.at in deleted):
+                raise ApplyError(f"the workspace changed during the apply: {exc}") from exc
+            info = None  # below a file the plan turns into a directory
+        if info is not None and stat.S_ISDIR(info.st_mode):
+            break
+        if info is not None and not (stat.S_ISREG(info.st_mode) and current in deleted):
+            raise ApplyError(
+                f"the workspace changed during the apply: {current} is not a directory"
+            )
+        missing.append(current)
+        current = posixpath.dirname(current)
+    for directory in reversed(missing):
+        if directory not in created:
+            created.append(directory)
+    return current
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, ChangeLedgerError):
+        return exc.message
+    if isinstance(exc, OSError) and exc.strerror and exc.filename:
+        return f"{exc.strerror}: {exc.filename}"
+    return str(exc)
+
+
+# -- rolling back ---------------------------------------------------------------------------
 
 
 class _Undo:
     """Best-effort undo steps: each one tried, the failures collected."""
 
     def __init__(self) -> None:
-        self.touched: set[Path] = set()
+        self.touched: set[str] = set()
         self.failures: list[str] = []
 
-    def attempt(self, what: str, action: Callable[[], object], directory: Path) -> None:
+    def attempt(self, what: str, action: Callable[[], object], directory: str) -> None:
         try:
             action()
+        except PathBlocked as exc:
+            self.failures.append(f"{what}: {exc}")
         except OSError as exc:
             self.failures.append(f"{what}: {exc.strerror or exc}")
         else:
             self.touched.add(directory)
 
 
-def rollback(workspace: Workspace, plan_id: str) -> dict[str, Any] | None:
-    """Undo a (possibly interrupted) apply from its journal; return the journal's record,
-    or ``None`` when there was no journal.
+def rollback(workspace: Workspace, journal: Journal, *, pins: Pins | None = None) -> None:
+    """Undo a (possibly interrupted) apply from its (checked) journal.
 
-    Every step is tried even when one fails (a read-only directory, an immutable file):
-    what can be put back is. If anything could not, ``ApplyError`` says what, and the
-    journal stays so that a later recovery finishes the job.
+    Every step is tried even when one fails (a read-only directory, an immutable file, a
+    directory swapped for a symlink): what can be put back is. With ``pins`` (the apply's
+    own process) each change is undone in the directory it was made in. If anything could not,
+    ``ApplyError`` says what blocks it, and the journal stays so that a later recovery
+    finishes the job once the cause is gone.
     """
-    journal = journal_path(workspace, plan_id)
-    record_file = journal / "journal.json"
-    if not record_file.is_file():
-        shutil.rmtree(journal, ignore_errors=True)
-        return None
-    record: dict[str, Any] = json.loads(record_file.read_bytes())
-    steps = [_Step(**raw) for raw in record["steps"]]
     undo = _Undo()
-    # In reverse order of commit: new files, then new directories, then originals.
-    _remove_new(workspace, steps, record["created_dirs"], undo)
-    for step in steps:
-        backup = journal / step.backup if step.backup else None
-        if backup is None or not backup.exists():
-            continue
-        target = workspace.root / step.path
-        if _is_original(target, backup):
-            continue  # never replaced: nothing to put back
-
-        def put_back(backup: Path = backup, target: Path = target) -> None:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(backup, target)
-
-        undo.attempt(f"restore {step.path}", put_back, target.parent)
-    for directory in sorted(undo.touched):
-        if directory.is_dir():
+    folder = journal.folder
+    with FsRoot(workspace.root, pins=pins) as fs:
+        _remove_new(fs, journal, undo)
+        for step in journal.steps:
+            if step.before is None:
+                continue
+            _put_back(fs, folder, step, undo)
+        for directory in sorted(undo.touched):
             with contextlib.suppress(OSError):
-                _fsync_dir(directory)
-    if undo.failures:
-        raise ApplyError(
-            f"could not restore {len(undo.failures)} path(s) of plan {plan_id}'s apply "
-            f"({undo.failures[0]}); its journal is kept, and the next open of the ledger "
-            "(or apply in this workspace) tries again"
-        )
-    shutil.rmtree(journal)
-    _fsync_dir(journal.parent)
-    return record
+                fs.fsync_dir(directory)
+        if undo.failures:
+            raise ApplyError(
+                f"could not restore {len(undo.failures)} path(s) of plan {journal.plan_id}'s "
+                f"apply ({undo.failures[0]}); its journal is kept: once that is fixed, any "
+                "changeledger command on this ledger (or an apply in this workspace) "
+                "finishes restoring",
+                restored=False,
+            )
+        with contextlib.suppress(FileNotFoundError):
+            fs.rmtree(folder)
+        with contextlib.suppress(OSError):
+            fs.fsync_dir(JOURNALS)
 
 
-def _remove_new(
-    workspace: Workspace, steps: Sequence[_Step], created_dirs: Sequence[str], undo: _Undo
-) -> None:
+def _remove_new(fs: FsRoot, journal: Journal, undo: _Undo) -> None:
     """Remove the temporary files, the files the plan created and the directories it made."""
-    for step in steps:
-        target = workspace.root / step.path
-        if step.beside is not None:
-            near = target.parent / step.beside
-            if os.path.lexists(near):
-                undo.attempt(f"remove {near.name}", near.unlink, target.parent)
-        if step.before is None and step.after is not None and _holds(target, step.after):
-            undo.attempt(f"remove {step.path}", target.unlink, target.parent)
-    for rel in reversed(created_dirs):
-        directory = workspace.root / rel
-        if directory.is_dir() and not directory.is_symlink() and not any(directory.iterdir()):
-            undo.attempt(f"remove directory {rel}", directory.rmdir, directory.parent)
+    for step in journal.steps:
+        temporary = step.beside_new
+        if temporary is not None and _exists(fs, temporary):
+            undo.attempt(
+                f"remove {temporary}",
+                functools.partial(fs.unlink, temporary),
+                posixpath.dirname(temporary),
+            )
+        if step.before is None and step.after is not None and _holds(fs, step.path, step.after):
+            undo.attempt(
+                f"remove {step.path}",
+                functools.partial(fs.unlink, step.path),
+                posixpath.dirname(step.path),
+            )
+    for rel in reversed(journal.created_dirs):
+        info = _lstat(fs, rel)
+        if info is not None and stat.S_ISDIR(info.st_mode) and fs.is_empty_dir(rel):
+            undo.attempt(
+                f"remove directory {rel}", functools.partial(fs.rmdir, rel), posixpath.dirname(rel)
+            )
 
 
-def _holds(target: Path, digest: str) -> bool:
-    """Whether ``target`` is a regular file with exactly the content ``digest``."""
+def _put_back(fs: FsRoot, folder: str, step: JournalStep, undo: _Undo) -> None:
+    """Put the original of ``step`` back, unless it was never replaced."""
+    kept = f"{folder}/{step.backup}" if step.backup else None
+    if kept is None or not _exists(fs, kept):
+        kept = step.beside_old if step.beside_old and _exists(fs, step.beside_old) else None
+    if kept is None:
+        return  # never backed up, so never touched: backups come before any change
+    parent = posixpath.dirname(step.path)
+    if _is_original(fs, step.path, kept):
+        if kept == step.beside_old:
+            undo.attempt(f"remove {kept}", functools.partial(fs.unlink, kept), parent)
+        return
+
+    def put_back(kept: str = kept) -> None:
+        try:
+            fs.rename(kept, step.path, create=True)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV or step.beside_old is None or kept == step.beside_old:
+                raise
+            # The journal is on another file system than the target: copy beside it first.
+            with contextlib.suppress(FileNotFoundError):
+                fs.unlink(step.beside_old)
+            fs.copy(kept, step.beside_old)
+            fs.rename(step.beside_old, step.path)
+
+    undo.attempt(f"restore {step.path}", put_back, parent)
+
+
+def _lstat(fs: FsRoot, rel: str) -> os.stat_result | None:
     try:
-        return (
-            target.is_file()
-            and not target.is_symlink()
-            and sha256_hex(target.read_bytes()) == digest
-        )
+        return fs.lstat(rel)
+    except OSError:
+        return None
+
+
+def _exists(fs: FsRoot, rel: str) -> bool:
+    return _lstat(fs, rel) is not None
+
+
+def _holds(fs: FsRoot, rel: str, digest: str) -> bool:
+    """Whether ``rel`` is a regular file with exactly the content ``digest``."""
+    try:
+        found = fs.read(rel)
     except OSError:
         return False
+    return found is not None and sha256_hex(found[0]) == digest
 
 
-def _is_original(target: Path, backup: Path) -> bool:
+def _is_original(fs: FsRoot, target: str, backup: str) -> bool:
     """Whether ``target`` is still the file that ``backup`` saved (the apply never got to
     replace it): the same inode for a hard link, the same content and mode for a copy."""
     try:
-        if not target.is_file() or target.is_symlink():
+        mine, saved = fs.lstat(target), fs.lstat(backup)
+        if mine is None or saved is None or not stat.S_ISREG(mine.st_mode):
             return False
-        if target.samefile(backup):
+        if (mine.st_dev, mine.st_ino) == (saved.st_dev, saved.st_ino):
             return True
-        same_mode = stat.S_IMODE(target.stat().st_mode) == stat.S_IMODE(backup.stat().st_mode)
-        return same_mode and target.read_bytes() == backup.read_bytes()
+        if stat.S_IMODE(mine.st_mode) != stat.S_IMODE(saved.st_mode):
+            return False
+        a, b = fs.read(target), fs.read(backup)
+        return a is not None and b is not None and a[0] == b[0]
     except OSError:
         return False
-
-
-def _atomic_write(path: Path, data: bytes, mode: int) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        _write_all(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(directory: Path) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        _fsync_file(directory)
 
 
 def loader_for(read_blob: Callable[[str], bytes]) -> Callable[[Iterable[str]], dict[str, bytes]]:

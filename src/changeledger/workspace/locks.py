@@ -8,6 +8,7 @@ that can be taken proves that whoever held it is gone, which is how a plan left
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import stat
@@ -30,20 +31,74 @@ def ledger_dir(workspace: Workspace) -> Path:
 
 @contextlib.contextmanager
 def workspace_lock(workspace: Workspace, *, blocking: bool = True) -> Iterator[bool]:
-    """Hold the workspace's apply lock; yields False (non-blocking) when another has it."""
-    fd = os.open(
-        ledger_dir(workspace) / APPLY_LOCK, os.O_RDWR | os.O_CREAT, stat.S_IRUSR | stat.S_IWUSR
-    )
-    try:
+    """Hold the apply lock of the workspace's directory tree; yields False (non-blocking)
+    when another apply holds it.
+
+    The lock belongs to the real directories, not to a ledger: an exclusive ``flock`` on
+    the workspace root's directory, and a shared one on each of its ancestors, taken top
+    down. Two applies in one tree (through two ledgers, or a symlinked path) meet on the
+    root; an apply in a nested workspace meets an apply of the enclosing one on the
+    enclosing root (shared against exclusive); siblings do not meet. A file system that
+    cannot lock directories falls back to ``.changeledger/apply.lock``.
+    """
+    with contextlib.ExitStack() as stack:
+        flags = 0 if blocking else fcntl.LOCK_NB
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+            for ancestor in reversed(workspace.root.parents):
+                fd = _open_dir(ancestor)
+                if fd is None:
+                    continue  # cannot be read: no workspace there can hold us up
+                stack.callback(os.close, fd)
+                try:
+                    _flock(fd, fcntl.LOCK_SH | flags)
+                except BlockingIOError:
+                    raise
+                except OSError:
+                    pass  # a file system that cannot lock directories: nothing to meet
+            root = _open_dir(workspace.root)
+            if root is None:
+                raise PermissionError(f"cannot open {workspace.root}")
+            stack.callback(os.close, root)
+            try:
+                _flock(root, fcntl.LOCK_EX | flags)
+            except BlockingIOError:
+                raise
+            except OSError:
+                stack.enter_context(_lock_file(workspace, flags))
         except BlockingIOError:
             yield False
             return
-        try:
-            yield True
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
+        yield True
+
+
+def _flock(fd: int, operation: int) -> None:
+    try:
+        fcntl.flock(fd, operation)
+    except BlockingIOError:
+        raise
+    except OSError as exc:
+        if exc.errno == errno.EWOULDBLOCK:
+            raise BlockingIOError(exc.errno, exc.strerror) from exc
+        raise
+
+
+def _open_dir(path: Path) -> int | None:
+    try:
+        return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return None
+
+
+@contextlib.contextmanager
+def _lock_file(workspace: Workspace, flags: int) -> Iterator[None]:
+    fd = os.open(
+        ledger_dir(workspace) / APPLY_LOCK,
+        os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+        stat.S_IRUSR | stat.S_IWUSR,
+    )
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | flags)
+        yield
     finally:
         os.close(fd)
 

@@ -12,7 +12,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from changeledger.domain.errors import ValidationError, WorkspaceError
-from changeledger.domain.models import ChangeEntry, ChangeOperation, FileChange
+from changeledger.domain.models import (
+    SPECIAL_MODE_BITS,
+    ChangeEntry,
+    ChangeOperation,
+    FileChange,
+    is_permission_mode,
+)
 from changeledger.domain.paths import check_glob
 from changeledger.workspace.confine import MAX_FILE_BYTES, FileState, Workspace
 
@@ -121,7 +127,15 @@ class StagedView:
             self._check_parents(rel)
             if self._is_dir(rel):
                 raise WorkspaceError(f"{rel!r} is a directory, not a file", field="path")
-        new_mode = mode if mode is not None else (current.mode if current else DEFAULT_MODE)
+        if mode is not None and (not is_permission_mode(mode) or mode & SPECIAL_MODE_BITS):
+            raise ValidationError(
+                f"mode {mode!r} is not a permission mode without setuid, setgid or sticky "
+                "bits (0 to 0o777)",
+                field="mode",
+            )
+        # Never carry setuid, setgid or sticky bits over to content an agent wrote.
+        inherited = current.mode & ~SPECIAL_MODE_BITS if current else DEFAULT_MODE
+        new_mode = mode if mode is not None else inherited
         self._set(rel, _Staged(digest=None, mode=new_mode, content=content))
         if current is None:
             return FileChange(rel, ChangeOperation.CREATE, after=content, mode=new_mode)
@@ -167,14 +181,15 @@ class StagedView:
         if self._is_dir(new):
             raise WorkspaceError(f"{new!r} is a directory, not a file", field="dst")
         self._set(old, _DELETED)
-        self._set(new, _Staged(digest=None, mode=current.mode, content=current.content))
+        mode = current.mode & ~SPECIAL_MODE_BITS
+        self._set(new, _Staged(digest=None, mode=mode, content=current.content))
         return FileChange(
             new,
             ChangeOperation.RENAME,
             old_path=old,
             before=current.content,
             after=current.content,
-            mode=current.mode,
+            mode=mode,
             before_mode=current.mode,
         )
 
