@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -191,6 +192,46 @@ def test_writing_a_file_where_a_deep_directory_is_fails_cleanly(workspace: Path)
     result = run_steps(workspace, {"tool": "write_file", "args": {"path": "d", "content": "x"}})
     assert result.exit_code == 1, result.output  # a failed step
     assert "'d' is a directory, not a file" in result.stderr
+
+
+def test_exec_copies_a_deep_tree_and_stages_what_the_command_changed(
+    workspace: Path, tmp_path: Path
+) -> None:
+    info = tmp_path / "copy-path"
+    make_tree = (
+        "import os\n"
+        "for _ in range(30):\n"
+        "    os.mkdir('x' * 200)\n"
+        "    os.chdir('x' * 200)\n"
+        "open('bottom.txt', 'w').write('x')\n"
+    )
+    script = (
+        f"pwd > {info} && "
+        # The copy holds the workspace file, and none of the names the view cannot hold.
+        f"test -f {DEEP_FILE} && test ! -e long && test ! -e dir* && test ! -e bad* && "
+        f"echo changed > {DEEP_FILE} && echo more >> good.txt && "
+        f'{sys.executable} -c "{make_tree}" && '
+        "printf x > \"$(printf 'new\\377')\" && echo ok > ok.txt"
+    )
+    plan_id = json.loads(invoke("plan", "create", "t", "--format", "json").stdout)["data"][
+        "plan_id"
+    ]
+    result = invoke("plan", "exec", plan_id, "--format", "json", "--", "sh", "-c", script)
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)["data"]
+    assert data["changes"] == 3
+    budget = path_budget(workspace)
+    x_chain = over_budget(workspace, "x" * 200)
+    assert data["ignored"] == [
+        {"path": "bad\\xff.txt", "reason": "not UTF-8"},
+        {"path": "dir\\xfe/", "reason": "not UTF-8"},
+        {"path": too_long(workspace), "reason": f"path longer than {budget} bytes"},
+        {"path": "new\\xff", "reason": "not UTF-8"},
+        {"path": x_chain, "reason": f"path longer than {budget} bytes"},
+    ]
+    diff = json.loads(invoke("plan", "diff", plan_id, "--format", "json").stdout)["data"]
+    assert sorted(f["path"] for f in diff["files"]) == [DEEP_FILE, "good.txt", "ok.txt"]
+    assert not Path(info.read_text().strip()).exists()  # the copy is gone, however deep
 
 
 def test_remove_tree_removes_any_depth_and_mode_without_following_symlinks(

@@ -265,6 +265,42 @@ def test_a_symlink_into_a_nested_git_directory_is_refused(workspace: Path) -> No
     assert (workspace / "vendor/.git/config").read_text() == "old\n"
 
 
+def test_exec_never_sees_nor_stages_reserved_directories(workspace: Path) -> None:
+    plan_id = json.loads(invoke("plan", "create", "t", "--format", "json").stdout)["data"][
+        "plan_id"
+    ]
+    script = (
+        # The copy holds none of the reserved directories that are on disk.
+        "for d in vendor/.git vendor/.GIT lib/git~1 sub/.changeledger .git mod/.git; do"
+        ' test ! -e "$d" || exit 9; done;'
+        " mkdir -p .GIT/hooks vendor/.git sub/.changeledger/journal 'lib/git~1' pkg/.Git. &&"
+        " echo hook > .GIT/hooks/pre-commit && echo cfg > vendor/.git/config &&"
+        " echo j > sub/.changeledger/journal/x && echo s > 'lib/git~1/config' &&"
+        " echo p > pkg/.Git./config && echo gitlink > keep/.git && echo ok > ok.txt"
+    )
+    before = files_on_disk(workspace)
+    result = invoke("plan", "exec", plan_id, "--format", "json", "--", "sh", "-c", script)
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)["data"]
+    assert data["changes"] == 1
+    assert {entry["path"] for entry in data["ignored"]} == {
+        ".GIT/",
+        "vendor/.git/",
+        "sub/.changeledger/",
+        "lib/git~1/",
+        "pkg/.Git./",
+        "keep/.git",
+    }
+    reasons = {entry["path"]: entry["reason"] for entry in data["ignored"]}
+    assert reasons["lib/git~1/"] == "stands for .git/, which changeledger never captures"
+    assert reasons["sub/.changeledger/"] == (
+        "stands for .changeledger/, which changeledger never captures"
+    )
+    diff = json.loads(invoke("plan", "diff", plan_id, "--format", "json").stdout)["data"]
+    assert [f["path"] for f in diff["files"]] == ["ok.txt"]
+    assert files_on_disk(workspace) == before  # nothing deleted either
+
+
 def test_every_tool_refuses_reserved_paths_through_the_library_too(
     workspace: Path, tmp_path: Path
 ) -> None:
