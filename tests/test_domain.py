@@ -76,7 +76,11 @@ def wrong(value: object) -> Any:
         ("données/été.txt", "données/été.txt"),
         (".gitignore", ".gitignore"),
         (".github/workflows/ci.yml", ".github/workflows/ci.yml"),
-        ("vendor/.git/config", "vendor/.git/config"),
+        (".gitmodules", ".gitmodules"),
+        ("git/config", "git/config"),
+        (".git~/x", ".git~/x"),
+        ("changelog~1.md", "changelog~1.md"),
+        ("docs/.github.md", "docs/.github.md"),
         # The longest path: 4096 bytes, no name above 255 bytes.
         ("/".join(["é" * 100] * 20) + "/" + "a" * 76,) * 2,
     ],

@@ -225,6 +225,8 @@ def exec_(
                 "duration_ms": result.get("duration_ms"),
                 "changes": len(outcome.invocation.change_ids),
                 "output_tail": result.get("output_tail"),
+                "ignored": result.get("ignored", []),
+                "notices": result.get("notices", []),
             }
 
     run(ctx, "plan exec", fmt, body)

@@ -4,7 +4,8 @@ Paths come in as the user or a tool wrote them and leave as normalised workspace
 POSIX paths (``domain.paths.normalize_path``) plus their location on disk. On top of the
 textual rules, the filesystem is checked: a path whose existing parent directories lead
 through a symlink out of the root is refused, and the ledger never writes through a
-symlink. Reads and listings skip ``.git/`` and ``.changeledger/``.
+symlink. Reads and listings skip ``.git/`` and ``.changeledger/`` at every depth, and any
+name that stands for them (``domain.paths.reserved_name``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from changeledger.domain.errors import ValidationError, WorkspaceError
-from changeledger.domain.paths import RESERVED_DIRS, normalize_path
+from changeledger.domain.paths import normalize_path, reserved_name
+from changeledger.workspace.walk import QUIET_SKIPS, Found, Ignored, path_budget, walk
 
 #: Largest file the ledger stages or applies, in bytes (documented in docs/cli.md).
 MAX_FILE_BYTES = 256 * 1024 * 1024
@@ -28,6 +30,14 @@ class FileState:
 
     content: bytes
     mode: int
+
+
+@dataclass(frozen=True)
+class Listing:
+    """The regular files of a tree, sorted, and the entries left out with a reason."""
+
+    files: list[str]
+    ignored: list[Ignored]
 
 
 class Workspace:
@@ -77,11 +87,13 @@ class Workspace:
                     field=name,
                 )
             effective = resolved.joinpath(*parts[index + 1 :]).relative_to(self.root)
-            top = effective.parts[0] if effective.parts else ""
-            if top in RESERVED_DIRS:
-                raise WorkspaceError(
-                    f"{name} {rel!r} leads through the symlink {link} into {top}/", field=name
-                )
+            for segment in effective.parts:
+                reserved = reserved_name(segment)
+                if reserved is not None:
+                    raise WorkspaceError(
+                        f"{name} {rel!r} leads through the symlink {link} into {reserved}/",
+                        field=name,
+                    )
         return target
 
     def read(self, rel: str) -> FileState | None:
@@ -115,16 +127,22 @@ class Workspace:
 
     def files(self) -> Iterator[str]:
         """Every regular file under the root, sorted, as relative paths; symlinks skipped."""
-        for directory, dirnames, filenames in os.walk(self.root):
-            base = Path(directory)
-            if base == self.root:
-                dirnames[:] = [d for d in dirnames if d not in RESERVED_DIRS]
-            dirnames.sort()
-            for filename in sorted(filenames):
-                full = base / filename
-                if full.is_symlink() or not full.is_file():
-                    continue
-                yield full.relative_to(self.root).as_posix()
+        return iter(self.scan().files)
+
+    def scan(self) -> Listing:
+        """The files ``files`` lists, and what it leaves out that a user would miss (names
+        that are not UTF-8, paths too long for PATH_MAX, unreadable directories), with
+        the reason. Reserved directories, symlinks and special files are left out quietly.
+        Iterative: a tree thousands of levels deep is no problem."""
+        files: list[str] = []
+        ignored: list[Ignored] = []
+        for item in walk(self.root, path_budget(self.root)):
+            if isinstance(item, Found):
+                files.append(item.rel)
+            elif item.skip not in QUIET_SKIPS:
+                ignored.append(item)
+        files.sort()
+        return Listing(files, ignored)
 
 
 def _inside(path: Path, root: Path) -> bool:

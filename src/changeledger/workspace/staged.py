@@ -21,6 +21,7 @@ from changeledger.domain.models import (
 )
 from changeledger.domain.paths import check_glob
 from changeledger.workspace.confine import MAX_FILE_BYTES, FileState, Workspace
+from changeledger.workspace.walk import Found, Ignored, path_budget, walk
 
 #: Default permission bits for files a plan creates.
 DEFAULT_MODE = 0o644
@@ -98,13 +99,25 @@ class StagedView:
 
     def files(self, pattern: str | None = None) -> list[str]:
         """Every file in the staged view, sorted, optionally matching a glob."""
-        names = {p for p in self.workspace.files() if p not in self._overlay}
-        names.update(p for p, staged in self._overlay.items() if staged is not None)
-        found = sorted(names)
+        return self.listing(pattern)[0]
+
+    def listing(self, pattern: str | None = None) -> tuple[list[str], list[Ignored]]:
+        """``files(pattern)``, and the entries on disk left out of it with the reason
+        (names that are not UTF-8, paths too long...). A directory left out (its path ends
+        with ``/``) is kept whatever the pattern: files inside it might match."""
         if pattern:
             check_glob(pattern)
+        scan = self.workspace.scan()
+        names = {p for p in scan.files if p not in self._overlay}
+        names.update(p for p, staged in self._overlay.items() if staged is not None)
+        found = sorted(names)
+        ignored = scan.ignored
+        if pattern:
             found = [p for p in found if fnmatch.fnmatchcase(p, pattern)]
-        return found
+            ignored = [
+                i for i in ignored if i.path.endswith("/") or fnmatch.fnmatchcase(i.path, pattern)
+            ]
+        return found, ignored
 
     def touched(self) -> dict[str, bool]:
         """Paths the overlay changes: ``True`` if staged present, ``False`` if deleted."""
@@ -245,10 +258,11 @@ class StagedView:
         if not self.workspace.is_dir(rel):
             return False
         # A directory on disk whose files the plan deleted is no longer one in the view.
+        # Anything else under it (a symlink, a name the ledger cannot record) keeps it one.
         base = self.workspace.locate(rel)
-        for child in base.rglob("*"):
-            if child.is_file() or child.is_symlink():
-                name = child.relative_to(self.workspace.root).as_posix()
-                if self._overlay.get(name, _MISSING) is not _DELETED:
-                    return True
+        for item in walk(base, path_budget(base)):
+            if not isinstance(item, Found):
+                return True
+            if self._overlay.get(f"{rel}/{item.rel}", _MISSING) is not _DELETED:
+                return True
         return False

@@ -247,8 +247,16 @@ def read_file(ctx: ToolContext, path: str) -> dict[str, JSONValue]:
 
 @BUILTINS.register("list_files")
 def list_files(ctx: ToolContext, pattern: str | None = None) -> dict[str, JSONValue]:
-    """List the files of the staged view, optionally matching a glob."""
-    return {"files": list(ctx.list_files(pattern))}
+    """List the files of the staged view, optionally matching a glob.
+
+    Entries on disk that cannot be files of the view (a name that is not UTF-8, a path too
+    long) are listed under ``ignored`` with the reason.
+    """
+    files, ignored = ctx.view.listing(pattern)
+    result: dict[str, JSONValue] = {"files": list(files)}
+    if ignored:
+        result["ignored"] = [entry.to_json() for entry in ignored]
+    return result
 
 
 @BUILTINS.register("write_file")
