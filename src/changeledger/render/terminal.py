@@ -69,6 +69,8 @@ def escape(text: str, *, quotes: bool = True) -> str:
     ``quotes=False`` leaves ``"`` and ``\\`` alone, for a message of ours that already
     quotes the values in it (``repr`` escapes them itself).
     """
+    if text.isprintable() and not (quotes and ('"' in text or "\\" in text)):
+        return text  # the common case, checked in C: every unsafe character is unprintable
     pattern = _TEXT if quotes else _TEXT_NO_QUOTES
     return pattern.sub(lambda match: _escaped(match.group()), text)
 
@@ -77,9 +79,10 @@ def escape_content(line: str) -> str:
     """A line of a file for a diff on a terminal: like ``escape``, but tabs, ``"`` and
     ``\\`` (code is full of them) and a carriage return that ends the line (CRLF files)
     are kept, as are bytes of another encoding except those that are C1 controls."""
-    if line.endswith("\r"):
-        return _CONTENT.sub(lambda match: _escaped(match.group()), line[:-1]) + "\r"
-    return _CONTENT.sub(lambda match: _escaped(match.group()), line)
+    body, end = (line[:-1], "\r") if line.endswith("\r") else (line, "")
+    if body.isprintable() or body.replace("\t", "").isprintable():
+        return line  # the common cases, checked in C (see ``escape``)
+    return _CONTENT.sub(lambda match: _escaped(match.group()), body) + end
 
 
 #: git's names for the control characters it escapes; other bytes are octal.
@@ -139,6 +142,8 @@ def json_safe(document: str) -> str:
     ``escape`` escapes written as ``\\u`` escapes: the same data, nothing a terminal acts on,
     and valid UTF-8 even for a name that is not (its bytes are lone surrogates). Outside
     strings JSON is ASCII, so replacing anywhere in the text only touches strings."""
+    if document.isascii() and "\x7f" not in document:
+        return document  # the common case, checked in C (DEL is the one ASCII character)
     return _DATA.sub(lambda match: _json_escaped(match.group()), document)
 
 
