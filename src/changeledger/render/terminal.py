@@ -21,6 +21,7 @@ UTF-8 as it is (as ``core.quotepath=off`` does) but still escapes what ``escape`
 from __future__ import annotations
 
 import re
+from functools import cache
 
 #: Characters a terminal acts on or that hide themselves: the Unicode categories Cc (C0
 #: controls, DEL, C1 controls), Cf (format: bidi embeddings, overrides, isolates and marks,
@@ -28,7 +29,7 @@ import re
 #: (non-)joiners that scripts and emoji need, Zl and Zp (U+2028, U+2029), and lone
 #: surrogates (the bytes of a name that is not UTF-8). Listed rather than computed from
 #: ``unicodedata`` at import, which would cost a fast command its start-up time; a test
-#: keeps the list equal to the categories of the running Python.
+#: checks the list against the categories of the running Python.
 _OTHER_UNSAFE = (
     "\x7f-\x9f\u00ad\u0600-\u0605\u061c\u06dd\u070f\u0890\u0891\u08e2\u180e"
     "\u200b\u200e\u200f\u2028-\u202e\u2060-\u2064\u2066-\u206f\ufeff\ufff9-\ufffb"
@@ -42,10 +43,18 @@ _SURROGATES = "\ud800-\udfff"
 #: readable there).
 _C1_BYTES = "\udc80-\udc9f"
 
-_TEXT = re.compile(f'[\\\\"{_UNSAFE}{_SURROGATES}]')
-_TEXT_NO_QUOTES = re.compile(f"[{_UNSAFE}{_SURROGATES}]")
+_TEXT = f'[\\\\"{_UNSAFE}{_SURROGATES}]'
+_TEXT_NO_QUOTES = f"[{_UNSAFE}{_SURROGATES}]"
 #: In a diff line: keep tabs (indentation) and bytes of other encodings; escape the rest.
-_CONTENT = re.compile(f"[\x00-\x08\x0a-\x1f{_OTHER_UNSAFE}{_C1_BYTES}]")
+_CONTENT = f"[\x00-\x08\x0a-\x1f{_OTHER_UNSAFE}{_C1_BYTES}]"
+
+
+@cache
+def _compiled(pattern: str) -> re.Pattern[str]:
+    """``pattern`` compiled on first use: most output has nothing to escape and never
+    needs it, and compiling these classes would cost every quick command milliseconds."""
+    return re.compile(pattern)
+
 
 _NAMED = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\t": "\\t", "\r": "\\r"}
 
@@ -71,7 +80,7 @@ def escape(text: str, *, quotes: bool = True) -> str:
     """
     if text.isprintable() and not (quotes and ('"' in text or "\\" in text)):
         return text  # the common case, checked in C: every unsafe character is unprintable
-    pattern = _TEXT if quotes else _TEXT_NO_QUOTES
+    pattern = _compiled(_TEXT if quotes else _TEXT_NO_QUOTES)
     return pattern.sub(lambda match: _escaped(match.group()), text)
 
 
@@ -82,7 +91,7 @@ def escape_content(line: str) -> str:
     body, end = (line[:-1], "\r") if line.endswith("\r") else (line, "")
     if body.isprintable() or body.replace("\t", "").isprintable():
         return line  # the common cases, checked in C (see ``escape``)
-    return _CONTENT.sub(lambda match: _escaped(match.group()), body) + end
+    return _compiled(_CONTENT).sub(lambda match: _escaped(match.group()), body) + end
 
 
 #: git's names for the control characters it escapes; other bytes are octal.
@@ -99,9 +108,9 @@ _GIT_NAMED = {
 }
 #: What git quotes with ``core.quotepath`` on: ``"``, ``\\``, controls, DEL, every byte
 #: of a non-ASCII character.
-_GIT_QUOTED = re.compile('[\\\\"\x00-\x1f\x7f-\U0010ffff]')
+_GIT_QUOTED = '[\\\\"\x00-\x1f\x7f-\U0010ffff]'
 #: With ``readable``: the same, but only the non-ASCII characters that ``escape`` escapes.
-_GIT_QUOTED_READABLE = re.compile(f'[\\\\"{_UNSAFE}{_SURROGATES}]')
+_GIT_QUOTED_READABLE = _TEXT
 
 
 def _git_bytes(char: str) -> str:
@@ -114,19 +123,21 @@ def git_quote(name: str, *, readable: bool = False) -> str:
     """``name`` as git writes it in a patch: as it is, or in double quotes with C-style
     escapes when it holds ``"``, ``\\``, a control character or (unless ``readable``) any
     byte above 0x7f. ``git apply`` reads either back to the same bytes."""
-    pattern = _GIT_QUOTED_READABLE if readable else _GIT_QUOTED
+    if name.isprintable() and (readable or name.isascii()) and not ('"' in name or "\\" in name):
+        return name  # the common case, checked in C
+    pattern = _compiled(_GIT_QUOTED_READABLE if readable else _GIT_QUOTED)
     if pattern.search(name) is None:
         return name
     return '"' + pattern.sub(lambda match: _git_bytes(match.group()), name) + '"'
 
 
 #: What JSON and YAML would write raw: they escape C0 controls themselves, not the rest.
-_DATA = re.compile(f"[{_OTHER_UNSAFE}{_SURROGATES}]")
+_DATA = f"[{_OTHER_UNSAFE}{_SURROGATES}]"
 
 
 def needs_data_escape(text: str) -> bool:
     """Whether JSON or YAML would write a character of ``text`` raw that ``escape`` escapes."""
-    return _DATA.search(text) is not None
+    return not text.isprintable() and _compiled(_DATA).search(text) is not None
 
 
 def _json_escaped(char: str) -> str:
@@ -144,7 +155,7 @@ def json_safe(document: str) -> str:
     strings JSON is ASCII, so replacing anywhere in the text only touches strings."""
     if document.isascii() and "\x7f" not in document:
         return document  # the common case, checked in C (DEL is the one ASCII character)
-    return _DATA.sub(lambda match: _json_escaped(match.group()), document)
+    return _compiled(_DATA).sub(lambda match: _json_escaped(match.group()), document)
 
 
 __all__ = ["escape", "escape_content", "git_quote", "json_safe", "needs_data_escape"]
