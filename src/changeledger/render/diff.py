@@ -205,9 +205,9 @@ def patch_text(diff: FileDiff) -> str:
 
 def plain_text(diff: FileDiff) -> str:
     """One file as ``git diff`` shows it, for reading: every change of permission bits
-    noted (``# mode change 0644 => 0600 name``), names quoted as git quotes them but with readable
-    UTF-8, lines with escapes for what a terminal would act on, and binary files as a
-    line with sizes and hashes."""
+    noted (``# mode change 0644 => 0600 name``), names quoted as git quotes them but with
+    readable UTF-8, lines with escapes for what a terminal would act on, and binary files
+    as a line with sizes and hashes."""
     note = mode_note(diff)
     lines = [note] if note else []
     if _says_nothing(diff):
