@@ -32,6 +32,7 @@ from changeledger.cli.main import cli
 from changeledger.cli.output import one_line
 from changeledger.constants import ENV_DB
 from changeledger.render.diff import patch_text
+from changeledger.render.formats import to_yaml
 from changeledger.render.terminal import escape, escape_content, git_quote, json_safe
 from changeledger.services.review import FileDiff, text_hunks
 
@@ -103,6 +104,9 @@ def test_escape_keeps_readable_text() -> None:
     readable = "café naïve 日本語 שלום مرحبا 👩\u200d💻 ﷺ ½ → ✓ tab-free, no quotes"
     assert escape(readable) == readable
     assert escape_content(readable) == readable
+    spaces = "no\u00a0break, ideographic\u3000space"  # unprintable to Python, not unsafe
+    assert escape(spaces) == escape_content(spaces) == spaces
+    assert git_quote(spaces, readable=True) == spaces
 
 
 def test_escape_shows_the_hostile_text_as_one_readable_line() -> None:
@@ -166,6 +170,14 @@ def test_json_safe_is_the_same_data_without_raw_unsafe_characters() -> None:
     assert json.loads(text) == data
     text.encode("utf-8")  # valid UTF-8 even for a name that is not
     assert "é 日本 👩\u200d💻" in text
+
+
+def test_yaml_writes_unsafe_characters_as_escapes_in_keys_and_values() -> None:
+    data = {HOSTILE: [HOSTILE, {"k": "é 日本"}], "name": os.fsdecode(b"caf\xe9")}
+    text = to_yaml(data)
+    assert unsafe(text) == []
+    assert yaml.safe_load(text) == data
+    assert "é 日本" in text  # readable where nothing needs escaping
 
 
 # -- git's quoting, checked against git itself -------------------------------------------
