@@ -155,7 +155,7 @@ Diff Stat And Path Filters
     ${only}=    Changeledger    plan    diff    ${PLAN}    --path    src/*
     Should Contain    ${only.stdout}    diff --git a/src/app.py b/src/app.py
     Should Not Contain    ${only.stdout}    hello.txt
-    Should End With    ${only.stdout}    1 file changed, 1 insertions(+), 1 deletions(-)
+    Should End With    ${only.stdout}    1 file changed, 1 insertion(+), 1 deletion(-)
     ${env}=    Json And Yaml Should Agree    plan-diff.json
     ...    plan    diff    ${PLAN}    --path    a.txt    --path    *.bin
     ${paths}=    Evaluate    [f['path'] for f in $env['data']['files']]

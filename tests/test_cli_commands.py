@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import sqlite3
+from contextlib import closing
 from pathlib import Path
 
 import click
@@ -12,6 +14,7 @@ import yaml
 from click.testing import CliRunner
 from sqlalchemy.engine import URL
 
+from changeledger import __version__
 from changeledger.cli.main import cli
 from changeledger.storage.schema import HEAD_REVISION
 
@@ -114,6 +117,36 @@ def test_db_check_fails_until_upgraded(runner: CliRunner) -> None:
     up = runner.invoke(cli, ["db", "upgrade", "--format", "json"])
     assert json.loads(up.stdout)["data"] == {"from": None, "to": HEAD_REVISION}
     assert runner.invoke(cli, ["db", "check"]).exit_code == 0
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("db", "check"), ("db", "upgrade"), ("db", "downgrade", "base")],
+    ids=" ".join,
+)
+def test_a_ledger_newer_than_this_changeledger_advises_upgrading_it(
+    runner: CliRunner, tmp_path: Path, args: tuple[str, ...]
+) -> None:
+    """Migrated by a later release: 'db upgrade' cannot help, a newer changeledger can."""
+    assert runner.invoke(cli, ["init"]).exit_code == 0
+    db = tmp_path / ".changeledger" / "ledger.db"
+    with closing(sqlite3.connect(db)) as raw:
+        raw.execute("UPDATE alembic_version SET version_num = '9999_from_the_future'")
+        raw.commit()
+    result = runner.invoke(cli, list(args))
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    assert result.stderr == (
+        "error: the ledger is at schema revision 9999_from_the_future, newer than this "
+        f"changeledger {__version__} knows (its head is {HEAD_REVISION}); upgrade "
+        "changeledger (pip install -U changeledger)\n"
+    )
+    with closing(sqlite3.connect(db)) as raw:  # and nothing was changed
+        assert raw.execute("SELECT version_num FROM alembic_version").fetchall() == [
+            ("9999_from_the_future",)
+        ]
+    current = runner.invoke(cli, ["db", "current", "--format", "json"])
+    assert json.loads(current.stdout)["data"]["up_to_date"] is False
 
 
 def test_unknown_revision_is_not_found(runner: CliRunner) -> None:

@@ -113,8 +113,10 @@ def git_apply(root: Path, patch: bytes) -> subprocess.CompletedProcess[bytes]:
     subprocess.run(["git", "init", "-q", str(root)], check=True, env=GIT_ENV)
     patch_file = root.parent / f"{root.name}.patch"
     patch_file.write_bytes(patch)
+    # A patch of nothing but notes (bits git cannot carry) has nothing for git to apply.
+    empty = [] if b"diff --git " in patch else ["--allow-empty"]
     return subprocess.run(
-        ["git", "apply", "--binary", "--whitespace=nowarn", str(patch_file)],
+        ["git", "apply", "--binary", "--whitespace=nowarn", *empty, str(patch_file)],
         cwd=root,
         capture_output=True,
         env=GIT_ENV,
@@ -301,6 +303,15 @@ def test_git_apply_of_the_patch_equals_plan_apply(tmp_path: Path) -> None:
             id="tab-in-a-path",
         ),
         pytest.param(
+            {"back.txt": b"b\n"},
+            [
+                ("write_file", {"path": "new\nline.txt", "content": "n\n"}),
+                ("move_file", {"src": "back.txt", "dst": 'q"\x1b[2K\u202e\x85\x7f.txt'}),
+                ("write_file", {"path": "日本/é\u2028.txt", "content": "x\n"}),
+            ],
+            id="newline-controls-bidi-and-separators-in-paths",
+        ),
+        pytest.param(
             {"ff.c": b"int a;\n\x0c\nint b;\nint c;\n"},
             [("edit_file", {"path": "ff.c", "old": "int b;", "new": "int B;"})],
             id="form-feed-in-text",
@@ -342,6 +353,106 @@ def test_git_apply_equals_plan_apply_edge_cases(
     tmp_path: Path, files: dict[str, bytes], steps: list[Step]
 ) -> None:
     check_equivalence(tmp_path, files, steps)
+
+
+# -- permission bits ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("steps", "lines"),
+    [
+        pytest.param(
+            [("set_mode", {"path": "tool.sh", "mode": 0o600})],
+            ["# mode change 0644 => 0600 tool.sh"],
+            id="bits-git-cannot-carry-are-a-note-alone",
+        ),
+        pytest.param(
+            [put("tool.sh", b"#!/bin/sh\necho x\n", 0o640)],
+            ["# mode change 0644 => 0640 tool.sh", "diff --git a/tool.sh b/tool.sh", "index "],
+            id="a-note-before-an-edit",
+        ),
+        pytest.param(
+            [("set_mode", {"path": "tool.sh", "mode": 0o700})],
+            [
+                "# mode change 0644 => 0700 tool.sh",
+                "diff --git a/tool.sh b/tool.sh",
+                "old mode 100644",
+                "new mode 100755",
+            ],
+            id="exec-bit-and-other-bits",
+        ),
+        pytest.param(
+            [("set_mode", {"path": "tool.sh", "mode": 0o755})],
+            ["diff --git a/tool.sh b/tool.sh", "old mode 100644", "new mode 100755"],
+            id="exec-bit-only-needs-no-note",
+        ),
+        pytest.param(
+            [put("private.txt", b"k\n", 0o600)],
+            ["# create mode 0600 private.txt", "diff --git a/private.txt b/private.txt"],
+            id="created-with-other-bits",
+        ),
+        pytest.param(
+            [
+                ("move_file", {"src": "tool.sh", "dst": "bin/tool.sh"}),
+                ("set_mode", {"path": "bin/tool.sh", "mode": 0o600}),
+            ],
+            ["# mode change 0644 => 0600 bin/tool.sh", "diff --git a/tool.sh b/bin/tool.sh"],
+            id="renamed-with-other-bits",
+        ),
+    ],
+)
+def test_mode_changes_git_apply_accepts(
+    tmp_path: Path, steps: list[Step], lines: list[str]
+) -> None:
+    """Every change of permission bits is in the patch: git's own mode lines where they
+    can say it, a comment line (which git apply skips) where they cannot."""
+    patch = check_equivalence(tmp_path, {"tool.sh": b"#!/bin/sh\n"}, steps).decode()
+    got = patch.splitlines()
+    start = got.index(lines[0])
+    assert [line[: len(want)] for line, want in zip(got[start:], lines, strict=False)] == lines
+    workspace = tmp_path / "ws"
+    for _tool, args in steps:
+        if "mode" in args:
+            path = args["path"]
+            assert (workspace / path).stat().st_mode & 0o777 == args["mode"], path
+
+
+# -- the stat summary ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("files", "steps"),
+    [
+        pytest.param({"a.txt": b"one\n"}, [put("a.txt", b"uno\n")], id="1-file-1-1"),
+        pytest.param({}, [put("a.txt", b"x\n"), put("b.txt", b"y\n")], id="insertions-only"),
+        pytest.param({"a.txt": b"1\n2\n3\n"}, [put("a.txt", b"1\n")], id="deletions-only"),
+        pytest.param({"a.txt": b"1\n"}, [put("a.txt", b"1\n2\n")], id="1-insertion"),
+        pytest.param({"a.bin": b"\x00a"}, [put("a.bin", b"\x00b")], id="binary"),
+        pytest.param({"a.sh": b"x\n"}, [("set_mode", {"path": "a.sh", "mode": 0o755})], id="mode"),
+    ],
+)
+def test_the_stat_summary_is_what_git_writes(
+    tmp_path: Path, files: dict[str, bytes], steps: list[Step]
+) -> None:
+    workspace = tmp_path / "ws"
+    make_workspace(workspace, files)
+    subprocess.run(["git", "init", "-q"], cwd=workspace, check=True, env=GIT_ENV)
+    commit = ["-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-q", "-m", "x"]
+    subprocess.run(["git", "add", "-A"], cwd=workspace, check=True, env=GIT_ENV)
+    subprocess.run(["git", *commit, "--allow-empty"], cwd=workspace, check=True, env=GIT_ENV)
+    plan_id, db, _ = stage(workspace, steps)
+    ours = cl(db, "plan", "diff", plan_id, "--stat").decode().splitlines()
+    cl(db, "plan", "apply", plan_id)
+    subprocess.run(["git", "add", "-A", "."], cwd=workspace, check=True, env=GIT_ENV)
+    theirs = subprocess.run(
+        ["git", "diff", "--cached", "--stat", "--", ".", ":!.changeledger"],
+        cwd=workspace,
+        check=True,
+        env=GIT_ENV,
+        capture_output=True,
+    ).stdout.decode()
+    summary = next(line for line in ours if " changed" in line)
+    assert summary == theirs.splitlines()[-1]
 
 
 # -- random small plans --------------------------------------------------------------------

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
+from click.testing import CliRunner
 
 from changeledger import (
     ChangeOperation,
@@ -17,6 +20,7 @@ from changeledger import (
     PlanApplyService,
     PlanService,
 )
+from changeledger.cli.main import cli
 from changeledger.domain.models import sha256_hex, utcnow
 from changeledger.render import Envelope, render, render_to
 from changeledger.render.diff import git_blob_id, patch_text
@@ -209,7 +213,7 @@ def test_a_10000_entry_diff_streams_in_bounded_memory(ledger: Ledger, workspace:
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     assert written > 10_000 * len(body)  # every file's diff went out
-    assert tail == [" 10000 files changed, 610000 insertions(+), 0 deletions(-)\n"]
+    assert tail == [" 10000 files changed, 610000 insertions(+)\n"]
     assert peak < 40 * 1024 * 1024, f"peak {peak / 1e6:.1f} MB"
 
 
@@ -241,5 +245,88 @@ def test_plain_diff_of_a_small_plan_reads_like_git(ledger: Ledger, workspace: Pa
         "@@ -1 +1 @@\n"
         "-one\n"
         "+uno\n"
-        " 1 file changed, 1 insertions(+), 1 deletions(-)\n"
+        " 1 file changed, 1 insertion(+), 1 deletion(-)\n"
     )
+
+
+MODE_CHANGES = [
+    FileChange("conf.txt", ChangeOperation.MODIFY, b"a\n", b"b\n", mode=0o600, before_mode=0o640),
+    FileChange("key.txt", ChangeOperation.MODIFY, b"k\n", b"k\n", mode=0o600, before_mode=0o644),
+    FileChange("run.sh", ChangeOperation.MODIFY, b"x\n", b"x\n", mode=0o755, before_mode=0o644),
+    FileChange("new.txt", ChangeOperation.CREATE, after=b"n\n", mode=0o600),
+    FileChange("gone.txt", ChangeOperation.DELETE, before=b"g\n", mode=0o640, before_mode=0o640),
+]
+
+
+def _cli(db: Path, *args: str) -> str:
+    result = CliRunner().invoke(cli, ["--db", str(db), *args])
+    assert result.exit_code == 0, (args, result.stderr)
+    assert result.stderr == ""
+    return result.stdout
+
+
+def test_review_shows_every_change_of_permission_bits(
+    ledger: Ledger, workspace: Path, tmp_path: Path
+) -> None:
+    """Full bits before and after in every format, not only the executable bit git keeps."""
+    plan_id, _ = _entries(ledger, workspace, MODE_CHANGES)
+    db = tmp_path / "ledger.db"
+    a, b = git_blob_id(b"a\n")[:7], git_blob_id(b"b\n")[:7]
+    n, g = git_blob_id(b"n\n")[:7], git_blob_id(b"g\n")[:7]
+    assert _cli(db, "plan", "diff", plan_id, "--format", "plain") == (
+        "# mode change 0640 => 0600 conf.txt\n"
+        "diff --git a/conf.txt b/conf.txt\n"
+        f"index {a}..{b} 100644\n"
+        "--- a/conf.txt\n"
+        "+++ b/conf.txt\n"
+        "@@ -1 +1 @@\n"
+        "-a\n"
+        "+b\n"
+        "diff --git a/gone.txt b/gone.txt\n"
+        "deleted file mode 100644\n"
+        f"index {g}..0000000\n"
+        "--- a/gone.txt\n"
+        "+++ /dev/null\n"
+        "@@ -1 +0,0 @@\n"
+        "-g\n"
+        "# mode change 0644 => 0600 key.txt\n"
+        "# create mode 0600 new.txt\n"
+        "diff --git a/new.txt b/new.txt\n"
+        "new file mode 100644\n"
+        f"index 0000000..{n}\n"
+        "--- /dev/null\n"
+        "+++ b/new.txt\n"
+        "@@ -0,0 +1 @@\n"
+        "+n\n"
+        "# mode change 0644 => 0755 run.sh\n"
+        "diff --git a/run.sh b/run.sh\n"
+        "old mode 100644\n"
+        "new mode 100755\n"
+        " 5 files changed, 2 insertions(+), 2 deletions(-)\n"
+    )
+    assert _cli(db, "plan", "diff", plan_id, "--stat").splitlines()[-5:] == [
+        " 5 files changed, 2 insertions(+), 2 deletions(-)",
+        " mode change 0640 => 0600 conf.txt",
+        " mode change 0644 => 0600 key.txt",
+        " create mode 0600 new.txt",
+        " mode change 0644 => 0755 run.sh",
+    ]
+    expected = {
+        "conf.txt": ("0640", "0600"),
+        "gone.txt": ("0640", None),
+        "key.txt": ("0644", "0600"),
+        "new.txt": (None, "0600"),
+        "run.sh": ("0644", "0755"),
+    }
+    for fmt in ("json", "yaml"):
+        for command, key in (("diff", "files"), ("artifacts", "artifacts")):
+            out = _cli(db, "plan", command, plan_id, "--format", fmt)
+            data = (json.loads(out) if fmt == "json" else yaml.safe_load(out))["data"]
+            assert {f["path"]: (f["old_mode"], f["new_mode"]) for f in data[key]} == expected
+    artifacts = _cli(db, "plan", "artifacts", plan_id, "--format", "plain")
+    assert "artifacts.0.old_mode: 0640\nartifacts.0.new_mode: 0600\n" in artifacts
+    assert "artifacts.3.old_mode: -\nartifacts.3.new_mode: 0600\n" in artifacts
+    for command in ("diff", "artifacts"):
+        shown = _cli(db, "plan", command, plan_id, "--format", "rich")
+        for cell in ("0640 -> 0600", "0644 -> 0600", "0644 -> 0755"):
+            assert f" {cell} " in shown, (command, cell)

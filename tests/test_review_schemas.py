@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import sqlite3
 from contextlib import closing
 from dataclasses import dataclass
@@ -34,6 +35,8 @@ SCHEMA_FOR = {
     "plan invocations": "plan-invocations.json",
 }
 UNKNOWN_ID = "01ARZ3NDEKTSV4RRFFQ69G5FAV"
+UMASK = os.umask(0o022)
+os.umask(UMASK)
 
 APP_BEFORE = "import sys\n\nprint('hello')\nprint('bye')\n"
 PLAN_FILE = """\
@@ -337,6 +340,8 @@ def test_artifacts_are_valid_with_sizes_and_tools(built: Built) -> None:
         "deletions": 0,
         "binary": True,
         "tool_name": "exec",
+        "old_mode": None,
+        "new_mode": f"{0o666 & ~UMASK:04o}",  # what sh's printf created it with
     }
     assert rows["moved/a.txt"]["old_path"] == "a.txt"
     assert rows["hello.txt"]["size"] == 3

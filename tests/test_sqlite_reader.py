@@ -98,6 +98,17 @@ def plans(root: Path, db: Path) -> dict[str, str]:
                 FileChange(
                     "moved.txt", ChangeOperation.RENAME, b"moved\n", b"moved\n", old_path="old.txt"
                 ),
+                FileChange(
+                    "run.sh",
+                    ChangeOperation.MODIFY,
+                    b"#!/bin/sh\n",
+                    b"#!/bin/sh\n",
+                    mode=0o700,
+                    before_mode=0o644,
+                ),
+                FileChange(
+                    "key.txt", ChangeOperation.MODIFY, b"k\n", b"K\n", mode=0o600, before_mode=0o640
+                ),
             ],
         )
         ledger.plans.transition(rich.id, PlanState.EXECUTING)
@@ -176,6 +187,36 @@ def test_every_review_answers_as_the_sqlalchemy_stores_do(
         sleeping: Any = "sleeping"
         with pytest.raises(ValidationError, match="unknown plan state"):
             reader.plans.list(sleeping)
+
+
+def test_permission_bits_read_back_the_same(
+    db: Path, plans: dict[str, str], reader: SqliteLedgerReader
+) -> None:
+    """Both readers give every file's bits before and after (what review shows)."""
+    with Ledger.open(db) as ledger:
+        answers = []
+        for review in (
+            ReviewService(ledger.plans, ledger.changesets),
+            ReviewService(reader.plans, reader.changesets),
+        ):
+            _, changeset = review.changeset(plans["rich"])
+            assert changeset is not None
+            answers.append(
+                (
+                    {d.path: d.modes() for d in review.diffs(changeset)},
+                    [(d.path, d.modes()) for d in review.diffs(changeset, per_entry=True)],
+                    review.artifacts(plans["rich"])["artifacts"],
+                )
+            )
+    assert answers[0] == answers[1]
+    net, entries, artifacts = answers[1]
+    assert net["run.sh"] == (0o644, 0o700)
+    assert net["key.txt"] == (0o640, 0o600)
+    assert net["new.txt"] == (None, 0o755)
+    assert ("run.sh", (0o644, 0o700)) in entries
+    rows = {row["path"]: row for row in artifacts}
+    assert (rows["run.sh"]["old_mode"], rows["run.sh"]["new_mode"]) == ("0644", "0700")
+    assert (rows["new.txt"]["old_mode"], rows["new.txt"]["new_mode"]) == (None, "0755")
 
 
 def test_summaries_blobs_and_errors_match(

@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from changeledger import __version__
 from changeledger.cli.output import CliState, format_option, run
 from changeledger.domain.errors import StorageError
 
@@ -18,6 +19,19 @@ def _engine(ctx: click.Context) -> Any:
     url = resolve_db(state.db if state else None)
     require_existing(url)
     return create_ledger_engine(url)
+
+
+def _refuse_newer(revision: str | None) -> None:
+    """A ledger migrated by a newer changeledger: this one cannot upgrade, check or
+    downgrade it (it does not know the revision), so say what helps instead."""
+    from changeledger.storage import schema
+
+    if revision is not None and revision not in schema.known_revisions():
+        raise StorageError(
+            f"the ledger is at schema revision {revision}, newer than this changeledger "
+            f"{__version__} knows (its head is {schema.HEAD_REVISION}); upgrade changeledger "
+            "(pip install -U changeledger)"
+        )
 
 
 @click.group()
@@ -38,6 +52,7 @@ def upgrade(ctx: click.Context, revision: str, fmt: str | None) -> None:
         engine = _engine(ctx)
         try:
             before = schema.current_revision(engine)
+            _refuse_newer(before)
             schema.upgrade(engine, revision)
             return {"from": before, "to": schema.current_revision(engine)}
         finally:
@@ -59,6 +74,7 @@ def downgrade(ctx: click.Context, revision: str, fmt: str | None) -> None:
         engine = _engine(ctx)
         try:
             before = schema.current_revision(engine)
+            _refuse_newer(before)
             schema.downgrade(engine, revision)
             return {"from": before, "to": schema.current_revision(engine)}
         finally:
@@ -102,6 +118,7 @@ def check(ctx: click.Context, fmt: str | None) -> None:
         engine = _engine(ctx)
         try:
             revision = schema.current_revision(engine)
+            _refuse_newer(revision)
             if revision != schema.HEAD_REVISION:
                 raise StorageError(
                     f"the ledger is at schema revision {revision or 'none'}, head is "

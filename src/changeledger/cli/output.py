@@ -21,6 +21,7 @@ import click
 from changeledger.domain.errors import ChangeLedgerError
 from changeledger.domain.models import utcnow
 from changeledger.render import FORMATS, Envelope, render_to
+from changeledger.render.terminal import escape
 
 
 @dataclass
@@ -148,7 +149,7 @@ class LedgerGroup(click.Group):
                 message=exc.format_message() + hint,
             )
         except click.ClickException as exc:
-            click.echo(f"error: {exc.format_message()}", err=True)
+            click.echo(f"error: {one_line(exc.format_message())}", err=True)
             raise SystemExit(exc.exit_code) from exc
         except click.Abort:
             click.echo("error: aborted", err=True)
@@ -207,9 +208,10 @@ MAX_ERROR_CHARS = 1000
 
 
 def one_line(message: str) -> str:
-    """``message`` as one printable line of at most ``MAX_ERROR_CHARS`` characters."""
-    line = " ".join(message.split())
-    line = line.encode("utf-8", "backslashreplace").decode("utf-8")
+    """``message`` as one printable line of at most ``MAX_ERROR_CHARS`` characters: runs of
+    whitespace (line breaks too) become one space, and what else a terminal would act on
+    is escaped (see ``render.terminal``)."""
+    line = escape(" ".join(message.split()), quotes=False)
     if len(line) > MAX_ERROR_CHARS:
         cut = len(line) - MAX_ERROR_CHARS
         line = f"{line[: MAX_ERROR_CHARS - 40]} ... ({cut + 40} characters cut)"

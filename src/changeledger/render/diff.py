@@ -9,14 +9,24 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
+import unicodedata
 import zlib
 from collections.abc import Iterable, Iterator
+from dataclasses import replace
 from typing import Any
 
 from changeledger.render.envelope import Envelope
-from changeledger.render.formats import Write, jsonable, register, rich_console
-from changeledger.services.review import FileDiff, summarize
+from changeledger.render.formats import (
+    Write,
+    jsonable,
+    register,
+    rich_console,
+    text,
+    to_json,
+    to_yaml,
+)
+from changeledger.render.terminal import escape, escape_content, git_quote
+from changeledger.services.review import FileDiff, octal_mode, summarize
 
 NULL_SHA = "0" * 40
 
@@ -44,72 +54,120 @@ def _git_mode(mode: int | None) -> str:
     return "100755" if mode is not None and mode & 0o111 else "100644"
 
 
-def _mode(diff: FileDiff) -> str:
-    return _git_mode(diff.mode)
+#: The only permission bits a patch carries: git applies 100644 as 0644 and 100755 as 0755.
+_GIT_MODES = (0o644, 0o755)
 
 
 def _mode_lines(diff: FileDiff) -> list[str]:
     """``old mode``/``new mode`` when the exec bit changed (the only bit git keeps)."""
-    if diff.operation not in ("modify", "rename") or diff.old_mode is None:
+    before, after = diff.modes()
+    if diff.operation not in ("modify", "rename") or before is None:
         return []
-    old, new = _git_mode(diff.old_mode), _git_mode(diff.mode)
+    old, new = _git_mode(before), _git_mode(after)
     return [] if old == new else [f"old mode {old}", f"new mode {new}"]
 
 
-_ESCAPES = {'"': '\\"', "\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"}
+def mode_change(before: str | None, after: str | None) -> str:
+    """Octal modes for a table cell: ``0644 -> 0600`` when they differ, else the mode."""
+    if before is not None and after is not None and before != after:
+        return f"{before} -> {after}"
+    return after or before or "-"
 
 
-def quote(prefix: str, path: str) -> str:
+def mode_summary(diff: FileDiff, *, readable: bool = True) -> str | None:
+    """git's ``--summary`` line for a file whose permission bits changed, with every bit:
+    `` mode change 0644 => 0600 name``, or `` create mode 0600 name`` for a file created
+    with bits other than 0644 and 0755 (git's ``new file mode`` cannot say them)."""
+    before, after = diff.modes()
+    name = quote("", diff.path, readable=readable)
+    if diff.operation == "create":
+        if after is None or after in _GIT_MODES:
+            return None
+        return f" create mode {octal_mode(after)} {name}"
+    if before is None or after is None or before == after:
+        return None
+    return f" mode change {octal_mode(before)} => {octal_mode(after)} {name}"
+
+
+def mode_note(diff: FileDiff, *, for_git: bool = False) -> str | None:
+    """``mode_summary`` as a comment line (``# mode change 0644 => 0600 name``), written
+    before the file's ``diff --git`` line, where ``git apply`` skips text as commentary.
+
+    ``for_git`` (patches): only when the patch's own mode lines cannot say it, that is
+    when a bit other than the executable one changed, or a mode other than 0644/0755.
+    """
+    before, after = diff.modes()
+    if for_git and diff.operation != "create" and before in _GIT_MODES and after in _GIT_MODES:
+        return None
+    summary = mode_summary(diff, readable=not for_git)
+    return None if summary is None else "#" + summary
+
+
+def _says_nothing(diff: FileDiff) -> bool:
+    """Whether git's header would be empty: the same content under the same name, and a
+    change of permission bits that ``old mode``/``new mode`` cannot express (0644 -> 0600).
+    git writes no ``diff --git`` for it, and ``git apply`` rejects one without a change."""
+    return (
+        diff.operation == "modify" and diff.before_hash == diff.after_hash and not _mode_lines(diff)
+    )
+
+
+def quote(prefix: str, path: str, *, readable: bool = False) -> str:
     """``prefix + path`` quoted the way git quotes names with special characters."""
-    name = prefix + path
-    if not any(c in _ESCAPES or ord(c) < 0x20 or ord(c) == 0x7F for c in name):
-        return name
-    out = []
-    for char in name:
-        if char in _ESCAPES:
-            out.append(_ESCAPES[char])
-        elif ord(char) < 0x20 or ord(char) == 0x7F:
-            out.append(f"\\{ord(char):03o}")
-        else:
-            out.append(char)
-    return '"' + "".join(out) + '"'
+    return git_quote(prefix + path, readable=readable)
 
 
-def _header(diff: FileDiff, *, full_index: bool) -> list[str]:
+def _header(diff: FileDiff, *, full_index: bool, readable: bool) -> list[str]:
     old = diff.old_path or diff.path
-    lines = [f"diff --git {quote('a/', old)} {quote('b/', diff.path)}"]
+    before, after = diff.modes()
+    lines = [
+        f"diff --git {quote('a/', old, readable=readable)} "
+        f"{quote('b/', diff.path, readable=readable)}"
+    ]
     lines += _mode_lines(diff)
     if diff.operation == "create":
-        lines.append(f"new file mode {_mode(diff)}")
+        lines.append(f"new file mode {_git_mode(after)}")
     elif diff.operation == "delete":
-        lines.append(f"deleted file mode {_mode(diff)}")
+        lines.append(f"deleted file mode {_git_mode(before)}")
     elif diff.operation == "rename":
         lines += [
             f"similarity index {similarity(diff)}%",
-            f"rename from {quote('', old)}",
-            f"rename to {quote('', diff.path)}",
+            f"rename from {quote('', old, readable=readable)}",
+            f"rename to {quote('', diff.path, readable=readable)}",
         ]
     if diff.before_hash != diff.after_hash:
-        before, after = git_blob_id(diff.before), git_blob_id(diff.after)
+        old_id, new_id = git_blob_id(diff.before), git_blob_id(diff.after)
         if not full_index:
-            before, after = before[:7], after[:7]
+            old_id, new_id = old_id[:7], new_id[:7]
         same_mode = not _mode_lines(diff)
-        suffix = f" {_mode(diff)}" if diff.operation in ("modify", "rename") and same_mode else ""
-        lines.append(f"index {before}..{after}{suffix}")
+        suffix = (
+            f" {_git_mode(after)}" if diff.operation in ("modify", "rename") and same_mode else ""
+        )
+        lines.append(f"index {old_id}..{new_id}{suffix}")
     return lines
 
 
-def _names(diff: FileDiff) -> list[str]:
-    old = "/dev/null" if diff.operation == "create" else quote("a/", diff.old_path or diff.path)
-    new = "/dev/null" if diff.operation == "delete" else quote("b/", diff.path)
+def _label(prefix: str, path: str, *, readable: bool) -> str:
+    """A name on a ``---``/``+++`` line. git ends one holding a space with a tab, so that
+    patch(1) knows where it stops."""
+    return quote(prefix, path, readable=readable) + ("\t" if " " in path else "")
+
+
+def _names(diff: FileDiff, *, readable: bool) -> list[str]:
+    old = (
+        "/dev/null"
+        if diff.operation == "create"
+        else _label("a/", diff.old_path or diff.path, readable=readable)
+    )
+    new = "/dev/null" if diff.operation == "delete" else _label("b/", diff.path, readable=readable)
     return [f"--- {old}", f"+++ {new}"]
 
 
-def _hunk_lines(diff: FileDiff) -> list[str]:
+def _hunk_lines(diff: FileDiff, *, escaped: bool = False) -> list[str]:
     lines: list[str] = []
     for hunk in diff.hunks:
         lines.append(hunk.header())
-        lines.extend(hunk.lines)
+        lines.extend(escape_content(line) if escaped else line for line in hunk.lines)
     return lines
 
 
@@ -126,32 +184,52 @@ def _binary_literal(content: bytes) -> list[str]:
 
 
 def patch_text(diff: FileDiff) -> str:
-    """One file as ``git diff --binary`` writes it; needs the contents (keep_content)."""
-    lines = _header(diff, full_index=diff.binary)
+    """One file as ``git diff --binary`` writes it (names quoted as git quotes them, the
+    file's exact bytes); needs the contents (keep_content). A change of permission bits
+    that git's 100644/100755 cannot carry is noted in a comment line before it (and is all
+    there is of a file whose only change it is)."""
+    note = mode_note(diff, for_git=True)
+    lines = [note] if note else []
+    if _says_nothing(diff):
+        return "\n".join(lines) + "\n" if lines else ""
+    lines += _header(diff, full_index=diff.binary, readable=False)
     if diff.binary:
         if diff.before_hash != diff.after_hash:
             lines.append("GIT binary patch")
             lines += _binary_literal(diff.after or b"")
             lines += _binary_literal(diff.before or b"")
     elif diff.hunks:
-        lines += _names(diff) + _hunk_lines(diff)
+        lines += _names(diff, readable=False) + _hunk_lines(diff)
     return "\n".join(lines) + "\n"
 
 
 def plain_text(diff: FileDiff) -> str:
-    """One file as ``git diff`` shows it; binary files as a line with sizes and hashes."""
-    lines = _header(diff, full_index=False)
+    """One file as ``git diff`` shows it, for reading: every change of permission bits
+    noted (``# mode change 0644 => 0600 name``), names quoted as git quotes them but with
+    readable UTF-8, lines with escapes for what a terminal would act on, and binary files
+    as a line with sizes and hashes."""
+    note = mode_note(diff)
+    lines = [note] if note else []
+    if _says_nothing(diff):
+        return "\n".join(lines) + "\n"
+    lines += _header(diff, full_index=False, readable=True)
     if diff.binary:
         if diff.before_hash != diff.after_hash:
-            old = "/dev/null" if diff.operation == "create" else f"a/{diff.old_path or diff.path}"
-            new = "/dev/null" if diff.operation == "delete" else f"b/{diff.path}"
+            old = (
+                "/dev/null"
+                if diff.operation == "create"
+                else quote("a/", diff.old_path or diff.path, readable=True)
+            )
+            new = (
+                "/dev/null" if diff.operation == "delete" else quote("b/", diff.path, readable=True)
+            )
             lines.append(
                 f"Binary files {old} and {new} differ "
                 f"({_side(diff.before_size, diff.before_hash)} -> "
                 f"{_side(diff.after_size, diff.after_hash)})"
             )
     elif diff.hunks:
-        lines += _names(diff) + _hunk_lines(diff)
+        lines += _names(diff, readable=True) + _hunk_lines(diff, escaped=True)
     return "\n".join(lines) + "\n"
 
 
@@ -159,22 +237,49 @@ def _side(size: int | None, digest: str | None) -> str:
     return "absent" if digest is None else f"{size} bytes, sha256 {digest[:12]}"
 
 
+def stat_name(diff: FileDiff) -> str:
+    """The file's name in a ``--stat`` line: quoted as git quotes it (readable UTF-8)."""
+    name = quote("", diff.path, readable=True)
+    return name if not diff.old_path else f"{quote('', diff.old_path, readable=True)} => {name}"
+
+
+def cells(text: str) -> int:
+    """How many terminal columns ``text`` takes: wide (CJK) characters two, combining marks
+    none, as git counts them to line up ``--stat``."""
+    return sum(
+        0 if unicodedata.combining(char) else 2 if unicodedata.east_asian_width(char) in "WF" else 1
+        for char in text
+    )
+
+
 def stat_line(diff: FileDiff, width: int) -> str:
-    name = diff.path if not diff.old_path else f"{diff.old_path} => {diff.path}"
+    name = stat_name(diff)
+    name += " " * (width - cells(name))
     if diff.binary:
-        return f" {name.ljust(width)} | Bin {diff.before_size or 0} -> {diff.after_size or 0} bytes"
+        return f" {name} | Bin {diff.before_size or 0} -> {diff.after_size or 0} bytes"
     changed = diff.insertions + diff.deletions
-    return f" {name.ljust(width)} | {changed:>4} {'+' * min(diff.insertions, 40)}" + "-" * min(
+    return f" {name} | {changed:>4} {'+' * min(diff.insertions, 40)}" + "-" * min(
         diff.deletions, 40
     )
 
 
+def plural(count: int, word: str) -> str:
+    """``1 file``, ``2 files``, ``0 files``."""
+    return f"{count} {word}{'' if count == 1 else 's'}"
+
+
 def summary_line(summary: dict[str, int]) -> str:
-    files = summary["files_changed"]
-    return (
-        f" {files} file{'s' if files != 1 else ''} changed, "
-        f"{summary['insertions']} insertions(+), {summary['deletions']} deletions(-)"
-    )
+    """git's stat summary, word for word: `` 1 file changed, 1 insertion(+), 2 deletions(-)``;
+    a count of 0 is left out when the other one is not, and no file is `` 0 files changed``."""
+    files, added, removed = summary["files_changed"], summary["insertions"], summary["deletions"]
+    line = f" {plural(files, 'file')} changed"
+    if not files:
+        return line
+    if added or not removed:
+        line += f", {added} insertion{'' if added == 1 else 's'}(+)"
+    if removed or not added:
+        line += f", {removed} deletion{'' if removed == 1 else 's'}(-)"
+    return line
 
 
 def _files(envelope: Envelope) -> Iterator[FileDiff]:
@@ -190,22 +295,7 @@ def _counting(files: Iterable[FileDiff], seen: list[FileDiff]) -> Iterator[FileD
 
 def _light(diff: FileDiff) -> FileDiff:
     """The diff without its hunks and contents: enough for the summary at the end."""
-    return FileDiff(
-        path=diff.path,
-        old_path=diff.old_path,
-        operation=diff.operation,
-        binary=diff.binary,
-        before_hash=diff.before_hash,
-        after_hash=diff.after_hash,
-        before_size=diff.before_size,
-        after_size=diff.after_size,
-        mode=diff.mode,
-        insertions=diff.insertions,
-        deletions=diff.deletions,
-        hunks=(),
-        tool_name=diff.tool_name,
-        seq=diff.seq,
-    )
+    return replace(diff, hunks=(), before=None, after=None)
 
 
 @register("plain", "plan diff")
@@ -215,18 +305,21 @@ def render_plain_diff(envelope: Envelope, write: Write) -> None:
     seen: list[FileDiff] = []
     if envelope.data.get("stat"):
         files = [_light(d) for d in _files(envelope)]
-        width = (
-            max((len(d.path) + (len(d.old_path) + 4 if d.old_path else 0)) for d in files)
-            if files
-            else 0
-        )
+        width = max((cells(stat_name(d)) for d in files), default=0)
         for diff in files:
             write(stat_line(diff, width) + "\n")
         write(summary_line(summarize(files)) + "\n")
+        for diff in files:
+            changed = mode_summary(diff)
+            if changed:
+                write(changed + "\n")
         return
     for diff in _counting(_files(envelope), seen):
         if diff.seq is not None:
-            write(f"# entry {diff.seq}: {diff.operation} {diff.path} ({diff.tool_name or '-'})\n")
+            write(
+                f"# entry {diff.seq}: {diff.operation} {quote('', diff.path, readable=True)} "
+                f"({escape(diff.tool_name or '-')})\n"
+            )
         write(plain_text(diff))
     write(summary_line(summarize(seen)) + "\n")
 
@@ -246,6 +339,7 @@ def _unicode(line: str) -> str:
 
 def file_data(diff: FileDiff, *, hunks: bool = True) -> dict[str, Any]:
     """A file of the diff as JSON/YAML data (DESIGN.md's ``files[]``)."""
+    old_mode, new_mode = diff.modes()
     data: dict[str, Any] = {
         "path": diff.path,
         "old_path": diff.old_path,
@@ -259,6 +353,8 @@ def file_data(diff: FileDiff, *, hunks: bool = True) -> dict[str, Any]:
         "after_size": diff.after_size,
         "tool_name": diff.tool_name,
         "masked": diff.masked,
+        "old_mode": octal_mode(old_mode),
+        "new_mode": octal_mode(new_mode),
         "hunks": [
             {
                 "old_start": h.old_start,
@@ -282,13 +378,13 @@ def _other_data(envelope: Envelope) -> dict[str, Any]:
 @register("json", "plan diff")
 def render_json_diff(envelope: Envelope, write: Write) -> None:
     if envelope.status != "ok":
-        write(json.dumps(jsonable(envelope.to_dict()), indent=2, ensure_ascii=False) + "\n")
+        write(to_json(jsonable(envelope.to_dict()), indent=2) + "\n")
         return
     whole = jsonable(envelope.to_dict())
-    other = json.dumps(jsonable(_other_data(envelope)), ensure_ascii=False)
+    other = to_json(jsonable(_other_data(envelope)))
     write(
         "{"
-        + f'"command": {json.dumps(whole["command"])}, "status": "ok", "exit_code": 0, '
+        + f'"command": {to_json(whole["command"])}, "status": "ok", "exit_code": 0, '
         + '"data": '
         + other[:-1]
         + (", " if other != "{}" else "")
@@ -297,18 +393,16 @@ def render_json_diff(envelope: Envelope, write: Write) -> None:
     seen: list[FileDiff] = []
     for index, diff in enumerate(_counting(_files(envelope), seen)):
         data = file_data(diff, hunks=not envelope.data.get("stat"))
-        write(("," if index else "") + "\n" + json.dumps(data, ensure_ascii=False))
+        write(("," if index else "") + "\n" + to_json(data))
     write(
-        f'\n], "summary": {json.dumps(summarize(seen))}}}, '
-        f'"timing": {json.dumps(whole["timing"])}, '
-        f'"messages": {json.dumps(whole["messages"], ensure_ascii=False)}}}\n'
+        f'\n], "summary": {to_json(summarize(seen))}}}, '
+        f'"timing": {to_json(whole["timing"])}, '
+        f'"messages": {to_json(whole["messages"])}}}\n'
     )
 
 
 @register("yaml", "plan diff")
 def render_yaml_diff(envelope: Envelope, write: Write) -> None:
-    import yaml
-
     document = jsonable(envelope.to_dict())
     if envelope.status == "ok":
         stat = bool(envelope.data.get("stat"))
@@ -319,7 +413,7 @@ def render_yaml_diff(envelope: Envelope, write: Write) -> None:
             "summary": summarize(seen),
             "files": files,
         }
-    write(yaml.safe_dump(document, sort_keys=False, allow_unicode=True, width=100))
+    write(to_yaml(document))
 
 
 @register("rich", "plan diff")
@@ -332,26 +426,30 @@ def render_rich_diff(envelope: Envelope, write: Write) -> None:
 
     console = rich_console(write)
     seen: list[FileDiff] = []
-    table = Table(title="files", title_justify="left")
-    for column in ("path", "operation", "+", "-", "tool"):
+    table = Table(title=text("files"), title_justify="left")
+    for column in ("path", "operation", "mode", "+", "-", "tool"):
         table.add_column(column)
     patches: list[str] = []
     for diff in _counting(_files(envelope), seen):
+        before, after = diff.modes()
         table.add_row(
-            diff.path if not diff.old_path else f"{diff.old_path} -> {diff.path}",
-            diff.operation + (" (binary)" if diff.binary else ""),
-            str(diff.insertions),
-            str(diff.deletions),
-            diff.tool_name or "-",
+            text(diff.path if not diff.old_path else f"{diff.old_path} -> {diff.path}"),
+            text(diff.operation + (" (binary)" if diff.binary else "")),
+            text(mode_change(octal_mode(before), octal_mode(after))),
+            text(diff.insertions),
+            text(diff.deletions),
+            text(diff.tool_name or "-"),
         )
         if not envelope.data.get("stat"):
             patches.append(plain_text(diff))
     summary = summarize(seen)
     console.print(
         Panel(
-            f"plan {envelope.data.get('plan_id')}  changeset {envelope.data.get('changeset_id')}\n"
-            + summary_line(summary).strip(),
-            title="changeledger plan diff",
+            text(
+                f"plan {envelope.data.get('plan_id')}  "
+                f"changeset {envelope.data.get('changeset_id')}"
+            ).append("\n" + summary_line(summary).strip()),
+            title=text("changeledger plan diff"),
             title_align="left",
         )
     )

@@ -1,11 +1,17 @@
-"""Rich renderers of the review commands: panels for status, tables for the audit trail."""
+"""Rich renderers of the review commands: panels for status, tables for the audit trail.
+
+Every value shown comes from the ledger, so from agents: each goes in as a ``Text`` made by
+``formats.text`` (escaped, never markup).
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+from changeledger.render.diff import mode_change, plural
 from changeledger.render.envelope import Envelope
-from changeledger.render.formats import Write, jsonable, register, rich_console
+from changeledger.render.formats import Write, jsonable, register, rich_console, text
+from changeledger.render.terminal import escape
 
 _STATE_STYLE = {
     "applied": "green",
@@ -30,10 +36,10 @@ def render_rich_status(envelope: Envelope, write: Write) -> None:
     progress.add_column(style="bold")
     progress.add_column()
     style = _STATE_STYLE.get(state, "white")
-    progress.add_row("state", f"[{style}]{state}[/{style}]")
+    progress.add_row("state", text(state, style))
     for key in ("title", "workspace", "created_at", "updated_at", "changeset_id", "artifacts"):
-        progress.add_row(key, str(data.get(key) or "-"))
-    console.print(Panel(progress, title=f"plan {data['plan_id']}", title_align="left"))
+        progress.add_row(key, text(data.get(key) or "-"))
+    console.print(Panel(progress, title=text(f"plan {data['plan_id']}"), title_align="left"))
     execution = data.get("execution")
     if execution:
         counts = Table("tool calls", "tool errors", "files", "+", "-")
@@ -43,22 +49,17 @@ def render_rich_status(envelope: Envelope, write: Write) -> None:
                 for k in ("tool_calls", "tool_errors", "files_changed", "insertions", "deletions")
             )
         )
-        console.print(Panel(counts, title="execution", title_align="left"))
+        console.print(Panel(counts, title=text("execution"), title_align="left"))
     if data.get("apply"):
         apply = data["apply"]
-        console.print(
-            Panel(f"{apply['result']} at {apply['at']}", title="apply", title_align="left")
-        )
+        body = text(f"{apply['result']} at {apply['at']}")
+        console.print(Panel(body, title=text("apply"), title_align="left"))
     if data.get("error"):
         error = data["error"]
-        details = "\n".join(f"{k}: {v}" for k, v in (error.get("details") or {}).items())
-        console.print(
-            Panel(
-                f"[red]{error['message']}[/red]" + (f"\n{details}" if details else ""),
-                title="error",
-                title_align="left",
-            )
-        )
+        body = text(error["message"], "red")
+        for key, value in (error.get("details") or {}).items():
+            body.append(f"\n{escape(str(key))}: {escape(str(value))}")
+        console.print(Panel(body, title=text("error"), title_align="left"))
 
 
 @register("rich", "plan artifacts")
@@ -68,26 +69,29 @@ def render_rich_artifacts(envelope: Envelope, write: Write) -> None:
     from rich.table import Table
 
     data: dict[str, Any] = jsonable(envelope.data)
-    table = Table(title=f"artifacts of plan {data['plan_id']}", title_justify="left")
-    for column in ("path", "operation", "size", "+", "-", "tool"):
+    table = Table(title=text(f"artifacts of plan {data['plan_id']}"), title_justify="left")
+    for column in ("path", "operation", "mode", "size", "+", "-", "tool"):
         table.add_column(column)
     for row in data["artifacts"]:
         name = row["path"] if not row.get("old_path") else f"{row['old_path']} -> {row['path']}"
         table.add_row(
-            name,
-            row["operation"] + (" (binary)" if row.get("binary") else ""),
-            str(row["size"]),
-            str(row["insertions"]),
-            str(row["deletions"]),
-            row["tool_name"] or "-",
+            text(name),
+            text(row["operation"] + (" (binary)" if row.get("binary") else "")),
+            text(mode_change(row.get("old_mode"), row.get("new_mode"))),
+            text(row["size"]),
+            text(row["insertions"]),
+            text(row["deletions"]),
+            text(row["tool_name"] or "-"),
         )
     summary = data["summary"]
     console = rich_console(write)
     console.print(table)
     console.print(
-        f"{summary['total']} files: {summary['creates']} created, {summary['modifies']} "
-        f"modified, {summary['deletes']} deleted, {summary['renames']} renamed; "
-        f"{summary['total_size']} bytes"
+        text(
+            f"{plural(summary['total'], 'file')}: {summary['creates']} created, "
+            f"{summary['modifies']} modified, {summary['deletes']} deleted, "
+            f"{summary['renames']} renamed; {plural(summary['total_size'], 'byte')}"
+        )
     )
 
 
@@ -96,29 +100,31 @@ def render_rich_invocations(envelope: Envelope, write: Write) -> None:
     if envelope.status != "ok":
         return
     from rich.table import Table
+    from rich.text import Text
 
     data: dict[str, Any] = jsonable(envelope.data)
-    table = Table(title=f"tool calls of plan {data['plan_id']}", title_justify="left")
+    table = Table(title=text(f"tool calls of plan {data['plan_id']}"), title_justify="left")
     for column in ("#", "tool", "status", "ms", "changes", "arguments / error"):
         table.add_column(column, overflow="fold")
     for call in data["invocations"]:
         ok = call["status"] == "ok"
         detail = (
-            ", ".join(f"{k}={_short(v)}" for k, v in call["arguments"].items())
+            Text(", ".join(f"{_short(k)}={_short(v)}" for k, v in call["arguments"].items()))
             if ok
-            else f"[red]{call['error']['type']}: {call['error']['message']}[/red]"
+            else text(f"{call['error']['type']}: {call['error']['message']}", "red")
         )
         table.add_row(
-            str(call["seq"]),
-            call["tool_name"],
-            "[green]ok[/green]" if ok else "[red]error[/red]",
-            f"{call['duration_ms']:.1f}",
-            str(len(call["change_ids"])),
+            text(call["seq"]),
+            text(call["tool_name"]),
+            text("ok", "green") if ok else text("error", "red"),
+            text(f"{call['duration_ms']:.1f}"),
+            text(len(call["change_ids"])),
             detail,
         )
     rich_console(write).print(table)
 
 
 def _short(value: Any, limit: int = 40) -> str:
-    text = str(value).replace("\n", "\\n")
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    """``value`` escaped, then cut to ``limit`` characters."""
+    shown = escape(str(value))
+    return shown if len(shown) <= limit else shown[: limit - 1] + "…"

@@ -76,6 +76,20 @@ class FileDiff:
     #: A sensitive file (``.env``, keys...) whose lines are masked in ``hunks``.
     masked: bool = False
 
+    def modes(self) -> tuple[int | None, int | None]:
+        """The permission bits before and after the change: ``None`` where the file is
+        absent (created, deleted) or the bits were not recorded (entries made before the
+        ledger kept ``before_mode``)."""
+        before = None if self.operation == "create" else self.old_mode
+        if self.operation == "delete":
+            return (self.mode if before is None else before), None
+        return before, self.mode
+
+
+def octal_mode(mode: int | None) -> str | None:
+    """Permission bits as four octal digits ("0644"), as ``chmod`` and ``stat`` show them."""
+    return None if mode is None else f"{mode:04o}"
+
 
 @dataclass
 class _Track:
@@ -440,6 +454,7 @@ class ReviewService:
         total_size = 0
         for diff in self.diffs(changeset) if changeset else ():
             size = diff.after_size or 0
+            old_mode, new_mode = diff.modes()
             rows.append(
                 {
                     "path": diff.path,
@@ -450,6 +465,8 @@ class ReviewService:
                     "deletions": diff.deletions,
                     "binary": diff.binary,
                     "tool_name": diff.tool_name,
+                    "old_mode": octal_mode(old_mode),
+                    "new_mode": octal_mode(new_mode),
                 }
             )
             summary["total"] += 1
@@ -584,4 +601,4 @@ def summarize(files: Iterable[FileDiff]) -> dict[str, int]:
     return out
 
 
-__all__ = ["DiffHunk", "FileDiff", "ReviewService", "net_files", "summarize"]
+__all__ = ["DiffHunk", "FileDiff", "ReviewService", "net_files", "octal_mode", "summarize"]
