@@ -458,3 +458,22 @@ def test_a_journal_folder_named_like_no_plan_is_reported_and_left(root: Path) ->
     [warning] = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
     assert str(folder) in warning
     assert folder.is_dir()
+
+
+def test_a_backup_swapped_for_a_symlink_is_never_put_back(
+    root: Path, ledger: Ledger, outside: Path
+) -> None:
+    """This ledger's own journal, whose backup of src/app.py was replaced by a symlink to
+    a file outside: the rollback must not plant that symlink in the workspace."""
+    plan_id = staged_plan(ledger, root)
+    _, journal = begin(ledger, root, plan_id)
+    folder = write_journal(root, plan_id, hostile(journal), {})
+    (folder / f"originals/{app_index(journal)}").symlink_to(outside / "victim.txt")
+    (root / "src" / "app.py").write_bytes(b"changed\n")
+
+    report = PlanApplyService(ledger.plans, ledger.changesets).recover(Workspace(root))
+
+    assert not (root / "src" / "app.py").is_symlink()
+    assert report.blocked
+    assert "not a regular file" in report.notices[0]
+    assert (outside / "victim.txt").read_bytes() == ORIGINAL

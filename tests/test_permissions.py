@@ -361,3 +361,30 @@ def test_a_ledger_of_another_user_is_a_clear_permission_error(
     assert "permission denied" in line
     assert "nobody" in line
     assert "internal error" not in line
+
+
+def test_a_path_too_long_for_the_os_is_exit_2_with_a_short_message(tmp_path: Path) -> None:
+    """Within the 4,096 bytes a path may have, but past PATH_MAX once the workspace root
+    is in front of it (the directories exist, made by descriptor)."""
+    root = tmp_path / ("r" * 200) / ("s" * 200)
+    root.mkdir(parents=True)
+    segment = "d" * 200
+    fd = os.open(root, os.O_RDONLY)
+    for _ in range(19):
+        os.mkdir(segment, dir_fd=fd)
+        child = os.open(segment, os.O_RDONLY, dir_fd=fd)
+        os.close(fd)
+        fd = child
+    os.close(fd)
+    rel = "/".join([segment] * 19) + "/f.txt"
+    assert len(os.fsencode(root)) + len(rel) > 4096 > len(rel)
+    assert cli_run(root, "init").returncode == 0
+    plan = tmp_path / "plan.json"
+    plan.write_text(
+        json.dumps({"title": "t", "steps": [{"tool": "read_file", "args": {"path": rel}}]})
+    )
+    done = cli_run(root, "plan", "run", str(plan))
+    assert done.returncode == 2, done.stderr
+    [line] = done.stderr.splitlines()
+    assert "too long for the file system" in line
+    assert len(line) < 400, line  # the plan file, the step, the path cut to 120

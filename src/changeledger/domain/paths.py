@@ -30,6 +30,20 @@ MAX_PATH_BYTES = 4096
 MAX_NAME_BYTES = 255
 
 
+#: Longest rendering of a path in an error message; longer ones are cut in the middle.
+SHOWN_CHARS = 120
+
+
+def shown(value: object) -> str:
+    """``value`` quoted for an error message, its middle cut when it is long: a 4,000-byte
+    path must not turn a one-line error into a screenful."""
+    text = repr(value)
+    if len(text) <= SHOWN_CHARS:
+        return text
+    half = (SHOWN_CHARS - 5) // 2
+    return f"{text[:half]}[...]{text[-half:]}"
+
+
 def _skeleton(name: str) -> str:
     """``name`` reduced to what a case-insensitive or normalising file system compares.
 
@@ -74,11 +88,11 @@ def _refuse_reserved(value: str, name: str) -> None:
             continue
         if segment == reserved:
             raise WorkspaceError(
-                f"{name} {value!r} is inside {reserved}/, which changeledger never captures",
+                f"{name} {shown(value)} is inside {reserved}/, which changeledger never captures",
                 field=name,
             )
         raise WorkspaceError(
-            f"{name} {value!r} is inside {segment!r}, which a file system may treat as "
+            f"{name} {shown(value)} is inside {shown(segment)}, which a file system may treat as "
             f"{reserved}/; changeledger never captures it",
             field=name,
         )
@@ -90,14 +104,14 @@ def _relative_text(value: object, name: str, what: str) -> str:
     if not isinstance(value, str):
         raise WorkspaceError(f"{name} must be a string, not {type(value).__name__}", field=name)
     if "\x00" in value:
-        raise WorkspaceError(f"{name} {value!r} contains a NUL byte", field=name)
+        raise WorkspaceError(f"{name} {shown(value)} contains a NUL byte", field=name)
     if "\\" in value:
         raise WorkspaceError(
-            f"{name} {value!r} contains a backslash; use '/' between path segments", field=name
+            f"{name} {shown(value)} contains a backslash; use '/' between path segments", field=name
         )
     if value.startswith("/") or (len(value) > 1 and value[1] == ":"):
         raise WorkspaceError(
-            f"{name} {value!r} is absolute; give a {what} relative to the workspace root",
+            f"{name} {shown(value)} is absolute; give a {what} relative to the workspace root",
             field=name,
         )
     return value
@@ -131,7 +145,7 @@ def normalize_path(value: object, name: str = "path") -> str:
     try:
         encoded_len = len(value.encode("utf-8"))
     except UnicodeEncodeError as exc:
-        raise WorkspaceError(f"{name} {value!r} is not valid UTF-8", field=name) from exc
+        raise WorkspaceError(f"{name} {shown(value)} is not valid UTF-8", field=name) from exc
     if encoded_len > MAX_PATH_BYTES:
         raise WorkspaceError(f"{name} is longer than {MAX_PATH_BYTES} bytes", field=name)
     normal = posixpath.normpath(value)
@@ -141,7 +155,7 @@ def normalize_path(value: object, name: str = "path") -> str:
             field=name,
         )
     if normal in {".", ".."} or normal.startswith("../"):
-        raise WorkspaceError(f"{name} {value!r} is outside the workspace", field=name)
+        raise WorkspaceError(f"{name} {shown(value)} is outside the workspace", field=name)
     # The segments as given, not only the normalised ones: "a/.git/../b" is refused too.
     _refuse_reserved(value, name)
     return normal

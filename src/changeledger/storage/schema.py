@@ -58,7 +58,7 @@ def ensure_schema(engine: Engine) -> None:
     if revision is not None and revision not in known_revisions():
         raise StorageError(
             f"the ledger's schema revision {revision} is newer than this changeledger "
-            f"knows (head {HEAD_REVISION}); upgrade changeledger"
+            f"knows (head {HEAD_REVISION}); upgrade changeledger (pip install -U changeledger)"
         )
     upgrade(engine, "head")
 

@@ -953,6 +953,10 @@ def _put_back(fs: FsRoot, folder: str, step: JournalStep, undo: _Undo) -> None:
     if kept is None:
         return  # never backed up, so never touched: backups come before any change
     parent = posixpath.dirname(step.path)
+    info = _lstat(fs, kept)
+    if info is None or not stat.S_ISREG(info.st_mode):
+        undo.failures.append(f"restore {step.path}: its backup {kept} is not a regular file")
+        return
     if _is_original(fs, step.path, kept):
         if kept == step.beside_old:
             undo.attempt(f"remove {kept}", functools.partial(fs.unlink, kept), parent)

@@ -10,6 +10,7 @@ name that stands for them (``domain.paths.reserved_name``).
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from collections.abc import Iterator
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from changeledger.domain.errors import ValidationError, WorkspaceError
-from changeledger.domain.paths import normalize_path, reserved_name
+from changeledger.domain.paths import normalize_path, reserved_name, shown
 from changeledger.workspace.walk import QUIET_SKIPS, Found, Ignored, path_budget, walk
 
 #: Largest file the ledger stages or applies, in bytes (documented in docs/cli.md).
@@ -77,13 +78,20 @@ class Workspace:
                     continue
                 resolved = current.resolve()
             except (OSError, RuntimeError) as exc:  # a loop, a name too long...
+                if isinstance(exc, OSError) and exc.errno == errno.ENAMETOOLONG:
+                    raise WorkspaceError(
+                        f"{name} {shown(rel)} is too long for the file system here "
+                        f"({len(os.fsencode(current))} bytes with the workspace root)",
+                        field=name,
+                    ) from exc
                 reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
                 raise WorkspaceError(
-                    f"{name} {rel!r} cannot be followed at {link}: {reason}", field=name
+                    f"{name} {shown(rel)} cannot be followed at {shown(link)}: {reason}", field=name
                 ) from exc
             if not _inside(resolved, self.root):
                 raise WorkspaceError(
-                    f"{name} {rel!r} leads through the symlink {link} to outside the workspace",
+                    f"{name} {shown(rel)} leads through the symlink {shown(link)} to outside "
+                    "the workspace",
                     field=name,
                 )
             effective = resolved.joinpath(*parts[index + 1 :]).relative_to(self.root)
@@ -91,7 +99,8 @@ class Workspace:
                 reserved = reserved_name(segment)
                 if reserved is not None:
                     raise WorkspaceError(
-                        f"{name} {rel!r} leads through the symlink {link} into {reserved}/",
+                        f"{name} {shown(rel)} leads through the symlink {shown(link)} into "
+                        f"{reserved}/",
                         field=name,
                     )
         return target
@@ -106,19 +115,19 @@ class Workspace:
         except NotADirectoryError:
             return None
         if stat.S_ISDIR(info.st_mode):
-            raise WorkspaceError(f"{rel!r} is a directory, not a file", field="path")
+            raise WorkspaceError(f"{shown(rel)} is a directory, not a file", field="path")
         if not stat.S_ISREG(info.st_mode):
-            raise WorkspaceError(f"{rel!r} is not a regular file", field="path")
+            raise WorkspaceError(f"{shown(rel)} is not a regular file", field="path")
         if info.st_size > MAX_FILE_BYTES:
             raise WorkspaceError(
-                f"{rel!r} is {info.st_size} bytes, above the {MAX_FILE_BYTES}-byte limit",
+                f"{shown(rel)} is {info.st_size} bytes, above the {MAX_FILE_BYTES}-byte limit",
                 field="path",
             )
         try:
             content = target.read_bytes()
         except PermissionError as exc:
             raise WorkspaceError(
-                f"{rel!r} cannot be read: permission denied", field="path"
+                f"{shown(rel)} cannot be read: permission denied", field="path"
             ) from exc
         return FileState(content=content, mode=stat.S_IMODE(info.st_mode))
 

@@ -19,7 +19,7 @@ from changeledger.domain.models import (
     FileChange,
     is_permission_mode,
 )
-from changeledger.domain.paths import check_glob
+from changeledger.domain.paths import check_glob, shown
 from changeledger.workspace.confine import MAX_FILE_BYTES, FileState, Workspace
 from changeledger.workspace.walk import Found, Ignored, path_budget, walk
 
@@ -84,14 +84,14 @@ class StagedView:
             return None
         if staged.content is None:
             if staged.digest is None or self._read_blob is None:
-                raise WorkspaceError(f"staged content of {rel!r} is not available", "path")
+                raise WorkspaceError(f"staged content of {shown(rel)} is not available", "path")
             staged.content = self._read_blob(staged.digest)
         return FileState(content=staged.content, mode=staged.mode)
 
     def read(self, path: str) -> bytes:
         state = self.state(path)
         if state is None:
-            raise ValidationError(f"{path!r} does not exist", field="path")
+            raise ValidationError(f"{shown(path)} does not exist", field="path")
         return state.content
 
     def exists(self, path: str) -> bool:
@@ -132,14 +132,14 @@ class StagedView:
             raise ValidationError("content must be bytes", field="content")
         if len(content) > MAX_FILE_BYTES:
             raise ValidationError(
-                f"content for {rel!r} is above the {MAX_FILE_BYTES}-byte limit", "content"
+                f"content for {shown(rel)} is above the {MAX_FILE_BYTES}-byte limit", "content"
             )
         self._refuse_symlink(rel)
         current = self.state(rel)
         if current is None:
             self._check_parents(rel)
             if self._is_dir(rel):
-                raise WorkspaceError(f"{rel!r} is a directory, not a file", field="path")
+                raise WorkspaceError(f"{shown(rel)} is a directory, not a file", field="path")
         if mode is not None and (not is_permission_mode(mode) or mode & SPECIAL_MODE_BITS):
             raise ValidationError(
                 f"mode {mode!r} is not a permission mode without setuid, setgid or sticky "
@@ -167,8 +167,8 @@ class StagedView:
         current = self.state(rel)
         if current is None:
             if self._is_dir(rel):
-                raise WorkspaceError(f"{rel!r} is a directory, not a file", field="path")
-            raise ValidationError(f"cannot delete {rel!r}: it does not exist", field="path")
+                raise WorkspaceError(f"{shown(rel)} is a directory, not a file", field="path")
+            raise ValidationError(f"cannot delete {shown(rel)}: it does not exist", field="path")
         self._set(rel, _DELETED)
         return FileChange(
             rel,
@@ -229,7 +229,7 @@ class StagedView:
     def _refuse_symlink(self, rel: str) -> None:
         if self.workspace.locate(rel).is_symlink() and rel not in self._overlay:
             raise WorkspaceError(
-                f"{rel!r} is a symlink; changeledger does not write through symlinks",
+                f"{shown(rel)} is a symlink; changeledger does not write through symlinks",
                 field="path",
             )
 
@@ -239,7 +239,7 @@ class StagedView:
             parent = "/".join(parts[:index])
             if self._is_file(parent):
                 raise WorkspaceError(
-                    f"cannot create {rel!r}: {parent!r} is a file, not a directory",
+                    f"cannot create {shown(rel)}: {shown(parent)} is a file, not a directory",
                     field="path",
                 )
 
