@@ -2,19 +2,29 @@
 
 Supports several files per patch, creates and deletes (``/dev/null``), git's rename headers,
 and ``\\ No newline at end of file``. Hunks must match their context exactly; a hunk may sit
-a few lines away from where its header says (as after an earlier edit), but never fuzzily.
-Binary patches are refused.
+away from where its header says (as after an earlier edit), but never fuzzily. Binary
+patches are refused.
+
+Parsing and matching take time near-linear in the size of the file and the patch, whatever
+they hold (``apply_hunks`` says how, ``tests/test_patch_scaling.py`` counts it).
 """
 
 from __future__ import annotations
 
+import bisect
+import functools
+import itertools
 import re
+import secrets
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from changeledger.domain.errors import ValidationError
 
 _HUNK = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
 DEV_NULL = "/dev/null"
+#: Hunk header numbers longer than this are refused (files hold at most a few 10**8 lines).
+_MAX_HEADER_DIGITS = 12
 
 
 @dataclass
@@ -136,12 +146,12 @@ class _Parser:
         match = _HUNK.match(self.line())
         if self.current is None or match is None:
             raise self.bad("hunk before any file header")
-        hunk = Hunk(
-            old_start=int(match.group(1)),
-            old_lines=int(match.group(2) or "1"),
-            new_start=int(match.group(3)),
-            new_lines=int(match.group(4) or "1"),
-        )
+        numbers = [match.group(group) or "1" for group in (1, 2, 3, 4)]
+        if max(map(len, numbers)) > _MAX_HEADER_DIGITS:
+            # No file has that many lines; and int() of a long string is quadratic.
+            raise self.bad("hunk header line numbers are too large")
+        old_start, old_lines, new_start, new_lines = map(int, numbers)
+        hunk = Hunk(old_start, old_lines, new_start, new_lines)
         self.index += 1
         old_seen = new_seen = 0
         while self.index < len(self.lines) and (
@@ -156,7 +166,8 @@ class _Parser:
             body = raw[1:].encode("utf-8") if raw not in ("\n", "\r\n") else raw.encode()
             if tag not in (" ", "-", "+"):
                 self.index -= 1
-                raise self.bad(f"unexpected line in hunk: {raw.rstrip()!r}")
+                # The line itself stays out of the message: it may hold a secret.
+                raise self.bad("unexpected line in hunk: hunk lines start with ' ', '-' or '+'")
             hunk.lines.append((tag, body))
             old_seen += tag in (" ", "-")
             new_seen += tag in (" ", "+")
@@ -175,16 +186,46 @@ class _Parser:
             hunk.lines[-1] = (tag, body[:-1] if body.endswith(b"\n") else body)
 
 
-def apply_hunks(original: bytes, hunks: list[Hunk], name: str) -> bytes:
-    """``original`` with ``hunks`` applied; ``ValidationError`` when a hunk does not match."""
-    source = [line for line in re.split(rb"(?<=\n)", original) if line]
+@dataclass
+class MatchStats:
+    """The work ``apply_hunks`` spent finding its hunks, counted in O(1) steps.
+
+    ``positions``: candidate positions tried (a hash compared with the block's);
+    ``verified_lines``: lines compared one by one after a hash matched;
+    ``index_steps``: suffixes sorted and merged while building the suffix index, and lines
+    compared and runs searched by its look-ups; ``index_builds``: 0 or 1.
+    """
+
+    positions: int = 0
+    verified_lines: int = 0
+    index_steps: int = 0
+    index_builds: int = 0
+
+    @property
+    def steps(self) -> int:
+        return self.positions + self.verified_lines + self.index_steps
+
+
+def apply_hunks(
+    original: bytes, hunks: list[Hunk], name: str, *, stats: MatchStats | None = None
+) -> bytes:
+    """``original`` with ``hunks`` applied; ``ValidationError`` when a hunk does not match.
+
+    Each hunk goes where its context and removed lines match exactly, at or after the end
+    of the hunk before it, at the position nearest to where it is wanted (the earlier one
+    on a tie). It is wanted where its header says, moved by as many lines as the hunk
+    before it was found away from its own header (as ``patch`` does), so the hunks of a
+    patch made against an older version of the file land together.
+    """
+    source = _split_lines(original)
+    blocks = [[body for tag, body in hunk.lines if tag in (" ", "-")] for hunk in hunks]
+    matcher = _Matcher(source, sum(map(len, blocks)), stats or MatchStats())
     output: list[bytes] = []
     position = 0  # next unread line of source
-    for number, hunk in enumerate(hunks, start=1):
-        old_block = [body for tag, body in hunk.lines if tag in (" ", "-")]
-        new_block = [body for tag, body in hunk.lines if tag in (" ", "+")]
-        wanted = max(hunk.old_start - 1, 0) if hunk.old_lines else hunk.old_start
-        start = _find(source, old_block, wanted, position)
+    offset = 0  # how far the previous hunk was found from its header
+    for number, (hunk, old_block) in enumerate(zip(hunks, blocks, strict=True), start=1):
+        header = max(hunk.old_start - 1, 0) if hunk.old_lines else hunk.old_start
+        start = matcher.find(old_block, header + offset, position)
         if start is None:
             raise ValidationError(
                 f"patch hunk {number} for {name!r} does not match the file "
@@ -192,17 +233,206 @@ def apply_hunks(original: bytes, hunks: list[Hunk], name: str) -> bytes:
                 field="patch",
             )
         output.extend(source[position:start])
-        output.extend(new_block)
+        output.extend(body for tag, body in hunk.lines if tag in (" ", "+"))
         position = start + len(old_block)
+        offset = start - header
     output.extend(source[position:])
     return b"".join(output)
 
 
-def _find(source: list[bytes], block: list[bytes], wanted: int, floor: int) -> int | None:
-    """Where ``block`` sits in ``source`` at or after ``floor``, nearest to ``wanted``."""
-    size = len(block)
-    candidates = sorted(range(floor, len(source) - size + 1), key=lambda c: abs(c - wanted))
-    for candidate in candidates:
-        if source[candidate : candidate + size] == block:
-            return candidate
-    return None
+def _split_lines(data: bytes) -> list[bytes]:
+    """The lines of ``data``, ending at ``\\n`` only (``splitlines`` also ends one at ``\\r``)."""
+    parts = data.split(b"\n")
+    lines = [part + b"\n" for part in parts[:-1]]
+    if parts[-1]:
+        lines.append(parts[-1])  # the last line, without a final newline
+    return lines
+
+
+# Karp-Rabin fingerprints of line sequences: lines are interned to small ints, and a
+# sequence's fingerprint is its polynomial value at a random point modulo this Mersenne
+# prime. The point is drawn per call, so no patch can be built to collide often; a
+# collision would only cost one line-by-line comparison anyway.
+_MOD = (1 << 61) - 1
+#: Candidate positions the outward scan may try, per line of file and patch, before the
+#: remaining hunks are looked up in a suffix index instead.
+_SCAN_BUDGET_PER_LINE = 4
+_SCAN_BUDGET_SLACK = 1024
+
+
+class _Matcher:
+    """Finds blocks of lines in one file: the occurrence nearest a wanted position.
+
+    The file's prefix fingerprints are computed once, so trying a candidate position costs
+    one comparison of two ints; only where they match are the lines compared. Candidates
+    are tried outward from the wanted position: a hunk that is where it is wanted costs
+    O(1), and one found after it costs the lines between the previous hunk and it, which no
+    later hunk tries again. Only a patch whose headers keep pointing far from where its
+    hunks are could make this cost hunks x lines: past a budget proportional to the input,
+    the remaining hunks are looked up in a ``_SuffixIndex`` (O(n log n) to build once).
+    """
+
+    def __init__(self, source: list[bytes], patch_lines: int, stats: MatchStats) -> None:
+        self.stats = stats
+        self.interned: dict[bytes, int] = {}
+        self.ids = [self.interned.setdefault(line, len(self.interned)) for line in source]
+        self.base = (1 << 32) + secrets.randbelow(_MOD - (1 << 33))
+        self.prefix = list(itertools.accumulate(self.ids, self._push, initial=0))
+        self.budget = _SCAN_BUDGET_PER_LINE * (len(source) + patch_lines) + _SCAN_BUDGET_SLACK
+        self.index: _SuffixIndex | None = None
+
+    def _push(self, fingerprint: int, line: int) -> int:
+        return (fingerprint * self.base + line + 1) % _MOD
+
+    def find(self, block: list[bytes], wanted: int, floor: int) -> int | None:
+        """The start of ``block`` at or after ``floor`` nearest ``wanted``, or None."""
+        last = len(self.ids) - len(block)  # the last position the block fits at
+        if floor > last:
+            return None
+        if not block:  # a pure addition fits everywhere
+            self.stats.positions += 1
+            return min(max(wanted, floor), last)
+        ids = [self.interned.get(line, -1) for line in block]
+        if -1 in ids:  # a line the file does not have
+            return None
+        if self.index is None:
+            found, exhausted = self._scan(ids, wanted, floor, last)
+            if not exhausted:
+                return found
+            self.stats.index_builds += 1
+            self.index = _SuffixIndex(self.ids, self.stats)
+        return self.index.nearest(ids, wanted, floor)
+
+    def _scan(self, ids: list[int], wanted: int, floor: int, last: int) -> tuple[int | None, bool]:
+        """(the position or None, whether the budget ran out before the answer was known)."""
+        size = len(ids)
+        fingerprint = functools.reduce(self._push, ids, 0)
+        power = pow(self.base, size, _MOD)
+        prefix, source = self.prefix, self.ids
+        tried = 0
+        found = None
+        for candidate in itertools.islice(_outward(wanted, floor, last), self.budget):
+            tried += 1
+            if (prefix[candidate + size] - prefix[candidate] * power) % _MOD == fingerprint:
+                self.stats.verified_lines += size
+                if source[candidate : candidate + size] == ids:
+                    found = candidate
+                    break
+        self.stats.positions += tried
+        self.budget -= tried
+        return found, found is None and tried < last - floor + 1
+
+
+def _outward(wanted: int, low: int, high: int) -> Iterator[int]:
+    """``low`` to ``high`` by distance from ``wanted``, the lower first on a tie."""
+    centre = min(max(wanted, low), high)
+    below = range(centre - 1, low - 1, -1)
+    above = range(centre + 1, high + 1)
+    both = min(len(below), len(above))
+    return itertools.chain(
+        (centre,),
+        itertools.chain.from_iterable(zip(below[:both], above[:both], strict=True)),
+        below[both:],
+        above[both:],
+    )
+
+
+class _SuffixIndex:
+    """The occurrence of any block of m lines nearest a position, in O(m log n).
+
+    A suffix array of the file's interned lines (prefix doubling: O(n log n), the sorts
+    in C) holds the occurrences of a block in one run, found by binary search. The start
+    nearest the wanted position in that run comes from a merge sort tree over the array
+    (level j holds it sorted in runs of 2**j): O(log n) runs, a bisect in each. It costs
+    log n lists of n ints, so it is only built for the patches that need it.
+    """
+
+    def __init__(self, ids: list[int], stats: MatchStats) -> None:
+        self.ids = ids
+        self.stats = stats
+        self.order = _suffix_array(ids, stats)
+        self.levels = [self.order]
+        width = 1
+        while width < len(ids):
+            below = self.levels[-1]
+            width *= 2
+            level: list[int] = []
+            for start in range(0, len(ids), width):
+                level += sorted(below[start : start + width])  # two sorted halves: a merge
+            self.levels.append(level)
+            stats.index_steps += len(ids)
+
+    def nearest(self, block: list[int], wanted: int, floor: int) -> int | None:
+        """The start of ``block`` at or after ``floor`` nearest ``wanted``, or None."""
+        ids, size = self.ids, len(block)
+
+        def head(suffix: int) -> list[int]:
+            return ids[suffix : suffix + size]
+
+        first = bisect.bisect_left(self.order, block, key=head)
+        end = bisect.bisect_right(self.order, block, lo=first, key=head)
+        self.stats.index_steps += 2 * (size + 1) * len(ids).bit_length()
+        after = self._bound(first, end, max(wanted, floor), below=False)
+        before = self._bound(first, end, wanted, below=True) if wanted >= floor else None
+        if before is None or before < floor:
+            return after
+        if after is None or wanted - before <= after - wanted:
+            return before
+        return after
+
+    def _bound(self, first: int, end: int, value: int, *, below: bool) -> int | None:
+        """The greatest start <= ``value`` (``below``) or least >= it in ``order[first:end]``."""
+        best: int | None = None
+        depth = 0
+        while first < end:
+            runs = []
+            if first & 1:
+                runs.append(first)
+                first += 1
+            if end & 1:
+                end -= 1
+                runs.append(end)
+            level = self.levels[depth]
+            for run in runs:
+                low = run << depth
+                high = min(low + (1 << depth), len(level))
+                self.stats.index_steps += depth + 1
+                if below:
+                    at = bisect.bisect_right(level, value, low, high) - 1
+                    if at >= low and (best is None or level[at] > best):
+                        best = level[at]
+                else:
+                    at = bisect.bisect_left(level, value, low, high)
+                    if at < high and (best is None or level[at] < best):
+                        best = level[at]
+            first >>= 1
+            end >>= 1
+            depth += 1
+        return best
+
+
+def _suffix_array(ids: list[int], stats: MatchStats) -> list[int]:
+    """The starts of the suffixes of ``ids`` in lexicographic order (prefix doubling)."""
+    count = len(ids)
+    order = sorted(range(count), key=ids.__getitem__)
+    # Interned ids are dense ranks of the one-line prefixes; the order they define (first
+    # seen, not bytewise) is the one ``nearest`` searches by, comparing lists of ids.
+    rank = ids
+    span = 1
+    while count:
+        # Rank the 2*span-line prefixes by the pair of ranks of their two span-line halves.
+        tail = [r + 1 for r in rank[span:]] + [0] * min(span, count)
+        keys = [r * (count + 1) + t for r, t in zip(rank, tail, strict=True)]
+        order.sort(key=keys.__getitem__)
+        rank = [0] * count
+        current, previous = 0, keys[order[0]]
+        for suffix in order:
+            if keys[suffix] != previous:
+                current += 1
+                previous = keys[suffix]
+            rank[suffix] = current
+        stats.index_steps += count
+        if current == count - 1:
+            break
+        span *= 2
+    return order
