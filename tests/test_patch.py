@@ -128,3 +128,13 @@ def test_absurd_hunk_header_numbers_are_refused(number: str) -> None:
         ValidationError, match="patch line 3: hunk header line numbers are too large"
     ):
         parse_patch(text)
+
+
+@pytest.mark.parametrize("where", ["+\ud800\n", "--- a/\udcff\n"])
+def test_text_that_is_not_unicode_is_refused_naming_its_line(where: str) -> None:
+    # A lone surrogate (JSON's "\ud800") used to escape as a UnicodeEncodeError.
+    lines = ["--- a/x\n", "+++ b/x\n", "@@ -1 +1 @@\n", "-a\n", "+b\n"]
+    line = 4 if where.startswith("+") else 0
+    lines[line] = where
+    with pytest.raises(ValidationError, match=rf"^patch line {line + 1}: not valid Unicode text$"):
+        parse_patch("".join(lines))

@@ -11,8 +11,8 @@ they hold (``apply_hunks`` says how, ``tests/test_patch_scaling.py`` counts it).
 
 from __future__ import annotations
 
+import array
 import bisect
-import functools
 import itertools
 import re
 import secrets
@@ -21,7 +21,9 @@ from dataclasses import dataclass, field
 
 from changeledger.domain.errors import ValidationError
 
-_HUNK = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
+_HUNK = re.compile(rb"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
+#: The first byte of a hunk line: its tag.
+_TAGS = {ord(" "): " ", ord("-"): "-", ord("+"): "+"}
 DEV_NULL = "/dev/null"
 #: Hunk header numbers longer than this are refused (files hold at most a few 10**8 lines).
 _MAX_HEADER_DIGITS = 12
@@ -66,9 +68,12 @@ def parse_patch(text: object) -> list[FilePatch]:
     """The files and hunks of a unified diff; ``ValidationError`` naming the line if bad."""
     if not isinstance(text, str) or not text.strip():
         raise ValidationError("patch must be a non-empty unified diff", field="patch")
-    # Split on "\n" only: str.splitlines would also break lines at \r, \f, \u2028 ...
-    lines = [line for line in re.split(r"(?<=\n)", text) if line]
-    patches = _Parser(lines).parse()
+    try:  # hunk lines are bytes: encode once, not line by line
+        data = text.encode()
+    except UnicodeEncodeError as error:  # a lone surrogate, as JSON's "\ud800" decodes to
+        line = text.count("\n", 0, error.start) + 1
+        raise ValidationError(f"patch line {line}: not valid Unicode text", field="patch") from None
+    patches = _Parser(_split_lines(data)).parse()
     if not patches:
         raise ValidationError("patch holds no file changes", field="patch")
     for patch in patches:
@@ -79,7 +84,7 @@ def parse_patch(text: object) -> list[FilePatch]:
 
 
 class _Parser:
-    def __init__(self, lines: list[str]) -> None:
+    def __init__(self, lines: list[bytes]) -> None:
         self.lines = lines
         self.index = 0
         self.patches: list[FilePatch] = []
@@ -89,14 +94,15 @@ class _Parser:
         return ValidationError(f"patch line {self.index + 1}: {message}", field="patch")
 
     def line(self, offset: int = 0) -> str:
-        return self.lines[self.index + offset].rstrip("\r\n")
+        """A header line as text (it was encoded from text: decoding cannot fail)."""
+        return self.lines[self.index + offset].rstrip(b"\r\n").decode()
 
     def parse(self) -> list[FilePatch]:
         while self.index < len(self.lines):
-            line = self.line()
-            if line.startswith("diff --git "):
+            line = self.lines[self.index]
+            if line.startswith(b"diff --git "):
                 self.git_header()
-            elif line.startswith("--- "):
+            elif line.startswith(b"--- "):
                 self.file_header()
             elif _HUNK.match(line):
                 self.hunk()
@@ -109,7 +115,7 @@ class _Parser:
         rename_from = rename_to = None
         self.index += 1
         while self.index < len(self.lines) and not self.lines[self.index].startswith(
-            ("--- ", "diff --git ")
+            (b"--- ", b"diff --git ")
         ):
             header = self.line()
             if header.startswith("rename from "):
@@ -124,7 +130,7 @@ class _Parser:
             self.patches.append(self.current)
 
     def file_header(self) -> None:
-        if self.index + 1 >= len(self.lines) or not self.lines[self.index + 1].startswith("+++ "):
+        if self.index + 1 >= len(self.lines) or not self.lines[self.index + 1].startswith(b"+++ "):
             raise self.bad("'---' header without a '+++' line after it")
         old = _strip_prefix(self.line()[4:])
         new = _strip_prefix(self.line(1)[4:])
@@ -143,37 +149,39 @@ class _Parser:
         self.index += 2
 
     def hunk(self) -> None:
-        match = _HUNK.match(self.line())
+        match = _HUNK.match(self.lines[self.index])
         if self.current is None or match is None:
             raise self.bad("hunk before any file header")
-        numbers = [match.group(group) or "1" for group in (1, 2, 3, 4)]
+        numbers = [match.group(group) or b"1" for group in (1, 2, 3, 4)]
         if max(map(len, numbers)) > _MAX_HEADER_DIGITS:
             # No file has that many lines; and int() of a long string is quadratic.
             raise self.bad("hunk header line numbers are too large")
         old_start, old_lines, new_start, new_lines = map(int, numbers)
         hunk = Hunk(old_start, old_lines, new_start, new_lines)
-        self.index += 1
+        # One pass over the hunk's lines with everything in locals: the hot loop of parsing.
+        lines, index, end, body = self.lines, self.index + 1, len(self.lines), hunk.lines
         old_seen = new_seen = 0
-        while self.index < len(self.lines) and (
-            old_seen < hunk.old_lines or new_seen < hunk.new_lines
-        ):
-            raw = self.lines[self.index]
-            self.index += 1
-            if raw.startswith("\\"):
+        while index < end and (old_seen < old_lines or new_seen < new_lines):
+            raw = lines[index]
+            index += 1
+            if raw[0] == ord("\\"):
                 self.no_newline(hunk)
                 continue
-            tag = raw[:1] if raw not in ("\n", "\r\n") else " "
-            body = raw[1:].encode("utf-8") if raw not in ("\n", "\r\n") else raw.encode()
-            if tag not in (" ", "-", "+"):
-                self.index -= 1
+            if raw in (b"\n", b"\r\n"):  # an empty context line whose space was dropped
+                tag, text = " ", raw
+            elif (found := _TAGS.get(raw[0])) is not None:
+                tag, text = found, raw[1:]
+            else:
+                self.index = index - 1
                 # The line itself stays out of the message: it may hold a secret.
                 raise self.bad("unexpected line in hunk: hunk lines start with ' ', '-' or '+'")
-            hunk.lines.append((tag, body))
-            old_seen += tag in (" ", "-")
-            new_seen += tag in (" ", "+")
+            body.append((tag, text))
+            old_seen += tag != "+"
+            new_seen += tag != "-"
+        self.index = index
         if old_seen != hunk.old_lines or new_seen != hunk.new_lines:
             raise self.bad("hunk is shorter than its header says")
-        while self.index < len(self.lines) and self.lines[self.index].startswith("\\"):
+        while self.index < len(self.lines) and self.lines[self.index].startswith(b"\\"):
             self.no_newline(hunk)
             self.index += 1
         self.current.hunks.append(hunk)
@@ -241,7 +249,9 @@ def apply_hunks(
 
 
 def _split_lines(data: bytes) -> list[bytes]:
-    """The lines of ``data``, ending at ``\\n`` only (``splitlines`` also ends one at ``\\r``)."""
+    """The lines of ``data``, each ending at its ``\\n`` (or at the end of ``data``)."""
+    if b"\r" not in data:  # then splitlines (one pass, one copy) ends lines at \n only
+        return data.splitlines(keepends=True)
     parts = data.split(b"\n")
     lines = [part + b"\n" for part in parts[:-1]]
     if parts[-1]:
@@ -263,36 +273,43 @@ _SCAN_BUDGET_SLACK = 1024
 class _Matcher:
     """Finds blocks of lines in one file: the occurrence nearest a wanted position.
 
-    The file's prefix fingerprints are computed once, so trying a candidate position costs
-    one comparison of two ints; only where they match are the lines compared. Candidates
-    are tried outward from the wanted position: a hunk that is where it is wanted costs
-    O(1), and one found after it costs the lines between the previous hunk and it, which no
-    later hunk tries again. Only a patch whose headers keep pointing far from where its
-    hunks are could make this cost hunks x lines: past a budget proportional to the input,
-    the remaining hunks are looked up in a ``_SuffixIndex`` (O(n log n) to build once).
+    A hunk found where it is wanted costs one comparison of its lines. Otherwise the
+    file's lines are interned and its prefix fingerprints computed (once per file), so
+    that trying a candidate position costs one comparison of two ints; only where they
+    match are the lines compared. Candidates are tried outward from the wanted position: a
+    hunk found after it costs the lines between the previous hunk and it, which no later
+    hunk tries again. Only a patch whose headers keep pointing far from where its hunks
+    are could make this cost hunks x lines: past a budget proportional to the input, the
+    remaining hunks are looked up in a ``_SuffixIndex`` (O(n log n) to build, once).
     """
 
     def __init__(self, source: list[bytes], patch_lines: int, stats: MatchStats) -> None:
+        self.source = source
         self.stats = stats
-        self.interned: dict[bytes, int] = {}
-        self.ids = [self.interned.setdefault(line, len(self.interned)) for line in source]
-        self.base = (1 << 32) + secrets.randbelow(_MOD - (1 << 33))
-        self.prefix = list(itertools.accumulate(self.ids, self._push, initial=0))
         self.budget = _SCAN_BUDGET_PER_LINE * (len(source) + patch_lines) + _SCAN_BUDGET_SLACK
+        self.base = (1 << 32) + secrets.randbelow(_MOD - (1 << 33))
+        self.interned: dict[bytes, int] | None = None
+        self.ids: list[int] = []
+        # prefix[i]: the fingerprint of the first i lines. An array, not a list of int
+        # objects: 8 bytes a line, contiguous, so large files stay in the CPU's caches.
+        self.prefix = array.array("q")
         self.index: _SuffixIndex | None = None
-
-    def _push(self, fingerprint: int, line: int) -> int:
-        return (fingerprint * self.base + line + 1) % _MOD
 
     def find(self, block: list[bytes], wanted: int, floor: int) -> int | None:
         """The start of ``block`` at or after ``floor`` nearest ``wanted``, or None."""
-        last = len(self.ids) - len(block)  # the last position the block fits at
+        size = len(block)
+        last = len(self.source) - size  # the last position the block fits at
         if floor > last:
             return None
-        if not block:  # a pure addition fits everywhere
+        if floor <= wanted <= last:
             self.stats.positions += 1
+            self.stats.verified_lines += size
+            if self.source[wanted : wanted + size] == block:
+                return wanted
+        if not block:  # a pure addition fits everywhere: as near as the bounds allow
             return min(max(wanted, floor), last)
-        ids = [self.interned.get(line, -1) for line in block]
+        interned = self._intern()
+        ids = [interned.get(line, -1) for line in block]
         if -1 in ids:  # a line the file does not have
             return None
         if self.index is None:
@@ -303,10 +320,24 @@ class _Matcher:
             self.index = _SuffixIndex(self.ids, self.stats)
         return self.index.nearest(ids, wanted, floor)
 
+    def _intern(self) -> dict[bytes, int]:
+        """Line -> id (the index of its first occurrence); fills ``ids`` and ``prefix``."""
+        if self.interned is None:
+            self.interned = {}
+            self.ids = list(map(self.interned.setdefault, self.source, range(len(self.source))))
+            self.prefix.append(0)
+            fingerprint, base, push = 0, self.base, self.prefix.append
+            for line in self.ids:
+                fingerprint = (fingerprint * base + line + 1) % _MOD
+                push(fingerprint)
+        return self.interned
+
     def _scan(self, ids: list[int], wanted: int, floor: int, last: int) -> tuple[int | None, bool]:
         """(the position or None, whether the budget ran out before the answer was known)."""
         size = len(ids)
-        fingerprint = functools.reduce(self._push, ids, 0)
+        fingerprint = 0
+        for line in ids:
+            fingerprint = (fingerprint * self.base + line + 1) % _MOD
         power = pow(self.base, size, _MOD)
         prefix, source = self.prefix, self.ids
         tried = 0
@@ -415,8 +446,8 @@ def _suffix_array(ids: list[int], stats: MatchStats) -> list[int]:
     """The starts of the suffixes of ``ids`` in lexicographic order (prefix doubling)."""
     count = len(ids)
     order = sorted(range(count), key=ids.__getitem__)
-    # Interned ids are dense ranks of the one-line prefixes; the order they define (first
-    # seen, not bytewise) is the one ``nearest`` searches by, comparing lists of ids.
+    # Interned ids (below ``count``) rank the one-line prefixes; the order they define
+    # (first seen, not bytewise) is the one ``nearest`` searches by, comparing lists of ids.
     rank = ids
     span = 1
     while count:
