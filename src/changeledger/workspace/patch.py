@@ -198,7 +198,8 @@ class _Parser:
 class MatchStats:
     """The work ``apply_hunks`` spent finding its hunks, counted in O(1) steps.
 
-    ``positions``: candidate positions tried (a hash compared with the block's);
+    ``positions``: candidate positions tried (compared line by line at the wanted position,
+    by fingerprint elsewhere, or taken by a pure addition);
     ``verified_lines``: lines compared one by one after a hash matched;
     ``index_steps``: suffixes sorted and merged while building the suffix index, and lines
     compared and runs searched by its look-ups; ``index_builds``: 0 or 1.
@@ -307,6 +308,7 @@ class _Matcher:
             if self.source[wanted : wanted + size] == block:
                 return wanted
         if not block:  # a pure addition fits everywhere: as near as the bounds allow
+            self.stats.positions += 1
             return min(max(wanted, floor), last)
         interned = self._intern()
         ids = [interned.get(line, -1) for line in block]
