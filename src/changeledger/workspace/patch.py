@@ -24,6 +24,7 @@ from changeledger.domain.errors import ValidationError
 _HUNK = re.compile(rb"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
 #: The first byte of a hunk line: its tag.
 _TAGS = {ord(" "): " ", ord("-"): "-", ord("+"): "+"}
+_BACKSLASH = ord("\\")  # starts "\\ No newline at end of file"
 DEV_NULL = "/dev/null"
 #: Hunk header numbers longer than this are refused (files hold at most a few 10**8 lines).
 _MAX_HEADER_DIGITS = 12
@@ -164,7 +165,7 @@ class _Parser:
         while index < end and (old_seen < old_lines or new_seen < new_lines):
             raw = lines[index]
             index += 1
-            if raw[0] == ord("\\"):
+            if raw[0] == _BACKSLASH:
                 self.no_newline(hunk)
                 continue
             if raw in (b"\n", b"\r\n"):  # an empty context line whose space was dropped
@@ -200,7 +201,8 @@ class MatchStats:
 
     ``positions``: candidate positions tried (compared line by line at the wanted position,
     by fingerprint elsewhere, or taken by a pure addition);
-    ``verified_lines``: lines compared one by one after a hash matched;
+    ``verified_lines``: lines compared one by one (at the wanted position, or where the
+    fingerprints matched);
     ``index_steps``: suffixes sorted and merged while building the suffix index, and lines
     compared and runs searched by its look-ups; ``index_builds``: 0 or 1.
     """
@@ -260,7 +262,7 @@ def _split_lines(data: bytes) -> list[bytes]:
     return lines
 
 
-# Karp-Rabin fingerprints of line sequences: lines are interned to small ints, and a
+# Karp-Rabin fingerprints of line sequences: lines are interned to ints, and a
 # sequence's fingerprint is its polynomial value at a random point modulo this Mersenne
 # prime. The point is drawn per call, so no patch can be built to collide often; a
 # collision would only cost one line-by-line comparison anyway.
