@@ -108,3 +108,33 @@ def test_malformed_patches_are_validation_errors(text: str, message: str) -> Non
     with pytest.raises(ValidationError, match=message) as caught:
         parse_patch(text)
     assert caught.value.field == "patch"
+
+
+def test_a_malformed_hunk_line_is_named_by_number_not_echoed() -> None:
+    # The bad line (or any other) may hold a secret: the message gives its number only.
+    text = "--- a/.env\n+++ b/.env\n@@ -1 +1,2 @@\n-A=1\n+KEY=sk-live-0123\n?PASSWORD=hunter2\n"
+    with pytest.raises(ValidationError) as caught:
+        parse_patch(text)
+    assert caught.value.message == (
+        "patch line 6: unexpected line in hunk: hunk lines start with ' ', '-' or '+'"
+    )
+
+
+@pytest.mark.parametrize("number", ["1" * 13, "9" * 5000])
+def test_absurd_hunk_header_numbers_are_refused(number: str) -> None:
+    # 5,000 digits used to escape as Python's int() digit-limit ValueError.
+    text = f"--- a/x\n+++ b/x\n@@ -{number} +1 @@\n-a\n+b\n"
+    with pytest.raises(
+        ValidationError, match="patch line 3: hunk header line numbers are too large"
+    ):
+        parse_patch(text)
+
+
+@pytest.mark.parametrize("where", ["+\ud800\n", "--- a/\udcff\n"])
+def test_text_that_is_not_unicode_is_refused_naming_its_line(where: str) -> None:
+    # A lone surrogate (JSON's "\ud800") used to escape as a UnicodeEncodeError.
+    lines = ["--- a/x\n", "+++ b/x\n", "@@ -1 +1 @@\n", "-a\n", "+b\n"]
+    line = 4 if where.startswith("+") else 0
+    lines[line] = where
+    with pytest.raises(ValidationError, match=rf"^patch line {line + 1}: not valid Unicode text$"):
+        parse_patch("".join(lines))
