@@ -62,10 +62,10 @@ class InMemoryPlanStore:
             )
         plan = Plan(
             id=new_id(),
-            title=check_text(title, "title"),
+            title=self.redactor.text(check_text(title, "title")),
             workspace=check_text(workspace, "workspace"),
-            description=description or "",
-            metadata=json_roundtrip(dict(metadata or {}), "metadata"),
+            description=self.redactor.text(description or ""),
+            metadata=json_roundtrip(self.redactor.value(dict(metadata or {})), "metadata"),
         )
         with self._lock:
             self._plans[plan.id] = plan

@@ -74,6 +74,10 @@ SECRET_OPTION_SUFFIXES = ("pass", "passin", "passout", "auth", "creds", "bearer"
 #: to find ``NAME=value`` pairs inside lines.
 _NAME_WORDS = ("pass", "secret", "token", "key", "credential", "auth", "cookie", "session")
 _OPTION_WORDS = ("creds", "bearer")
+#: Text up to this size (messages, titles, reasons, most arguments) is also read for
+#: command-line options (``curl -u user:x``); reading all of a large file that way costs
+#: more than every other rule together.
+_MESSAGE_SIZE = 4096
 #: Argument names whose value is a command line (a string) or an argv (a list).
 COMMAND_KEYS = frozenset({"argv", "command", "commands", "cmd", "script", "shell"})
 
@@ -299,6 +303,9 @@ class Redactor:
 
     def text(self, value: str) -> str:
         """``value`` with every credential in it masked."""
+        if len(value) <= _MESSAGE_SIZE:
+            # A message, a title or a reason may quote a command: its options count.
+            value, _ = mask_options(value, self.is_secret_option, set())
         value = self._tokens_masked(value)
         if self._keys:  # the user's names, however their words are separated in the text
             value = _ASSIGNMENT.sub(self._mask_assignment, value)

@@ -72,7 +72,8 @@ class SqlPlanStore:
         self, session_factory: SessionFactory, *, redactor: Redactor | None = None
     ) -> None:
         self._uow = UnitOfWork(session_factory)
-        #: Secrets in a plan's error are masked with these rules before it is written.
+        #: Secrets in a plan's title, description, metadata and error are masked with these
+        #: rules before they are written.
         self.redactor = Redactor.from_env() if redactor is None else redactor
 
     @database_retry("create a plan")
@@ -88,12 +89,12 @@ class SqlPlanStore:
             raise ValidationError("description must be a string", field="description")
         if "\x00" in description:
             raise ValidationError("description contains a NUL byte", field="description")
-        meta_json = to_json(dict(metadata or {}), "metadata")
+        meta_json = to_json(self.redactor.value(dict(metadata or {})), "metadata")
         plan = Plan(
             id=new_id(),
-            title=check_text(title, "title"),
+            title=self.redactor.text(check_text(title, "title")),
             workspace=check_text(workspace, "workspace"),
-            description=description or "",
+            description=self.redactor.text(description or ""),
         )
         with self._uow.write() as session:
             row = PlanModel(

@@ -18,10 +18,14 @@ from pathlib import Path
 
 from changeledger.domain.errors import ValidationError
 from changeledger.domain.models import JSONValue
+from changeledger.domain.redact import Redactor
 from changeledger.workspace.tools import ToolContext, ToolFailure
 
-#: Bytes of combined stdout and stderr kept in the recorded result.
+#: Characters of combined stdout and stderr kept in the result (after redaction).
 OUTPUT_TAIL_BYTES = 4096
+#: Bytes at the end of the output redacted before the tail is cut from them: a secret
+#: that starts before the tail (a private key's BEGIN line) is still recognised whole.
+REDACTED_TAIL_BYTES = 64 * 1024
 
 
 def exec_command(
@@ -63,7 +67,7 @@ def exec_command(
             ) from exc
         duration_ms = (time.perf_counter() - started) * 1000.0
         output = completed.stdout or b""
-        tail = output[-OUTPUT_TAIL_BYTES:].decode("utf-8", errors="replace")
+        tail = output_tail(output, ctx.redactor)
         result: dict[str, JSONValue] = {
             "argv": list(argv),
             "exit_code": completed.returncode,
@@ -87,6 +91,19 @@ def exec_command(
         if ignored:
             result["ignored"] = ignored
         return result
+
+
+def output_tail(output: bytes, redactor: Redactor) -> str:
+    """The last ``OUTPUT_TAIL_BYTES`` characters of ``output``, secrets masked: redacted
+    over the last ``REDACTED_TAIL_BYTES`` first, then cut (never inside a mask)."""
+    text = redactor.text(output[-REDACTED_TAIL_BYTES:].decode("utf-8", errors="replace"))
+    if len(text) <= OUTPUT_TAIL_BYTES:
+        return text
+    cut = len(text) - OUTPUT_TAIL_BYTES
+    opening = text.rfind("[REDACTED", 0, cut)
+    if opening != -1 and text.find("]", opening) >= cut:
+        cut = opening  # keep the mask whole rather than a piece of its name
+    return text[cut:]
 
 
 def _scan(root: Path) -> tuple[dict[str, tuple[bytes, int]], list[str]]:
