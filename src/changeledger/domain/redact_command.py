@@ -17,13 +17,17 @@ in the same simple command (``;``, ``&&``, ``|`` and line ends separate them), s
 
 from __future__ import annotations
 
+import bisect
 import re
-from collections.abc import Callable, MutableSet
+from collections.abc import Callable, Set
 from string import ascii_letters, digits
 
 MASK = "[REDACTED]"
 
-_NAME = frozenset(ascii_letters + digits + "_.-")
+_NAME_CHARACTERS = ascii_letters + digits + "_.-"
+_NAME_RUN = re.compile(r"[A-Za-z0-9_.\-]+")
+#: A name is looked for this far back from the secret word in it.
+_LONGEST_NAME = 256
 _QUOTES = "\"'"
 #: What ends an unquoted value: blanks, quotes and shell or code punctuation.
 _VALUE_END = re.compile(r"[\s\"'`,;&|<>()\[\]{}]|$")
@@ -74,12 +78,10 @@ def _find_all(text: str, word: str) -> list[int]:
 
 
 def _name_around(text: str, index: int) -> tuple[int, int]:
-    start = end = index
-    while start > 0 and text[start - 1] in _NAME:
-        start -= 1
-    while end < len(text) and text[end] in _NAME:
-        end += 1
-    return start, end
+    before = text[max(index - _LONGEST_NAME, 0) : index]
+    start = index - (len(before) - len(before.rstrip(_NAME_CHARACTERS)))
+    match = _NAME_RUN.match(text, index)
+    return start, index if match is None else match.end()
 
 
 def _value_span(text: str, start: int, end: int, *, command: bool) -> tuple[int, int] | None:
@@ -163,10 +165,6 @@ def _token_end(text: str, position: int) -> int:
 
 # -- command lines ---------------------------------------------------------------------------
 
-#: Words of a command line (quotes only separate them here) and the operators that end a
-#: simple command.
-_WORD = re.compile(r"[^\s\"'`;&|()<>]+|[;&|()`\n]")
-_SEPARATORS = frozenset(";&|()`\n")
 _MYSQL = frozenset(
     {
         "mysql",
@@ -192,13 +190,23 @@ _LOGIN = frozenset({"docker", "podman", "nerdctl", "buildah", "skopeo", "helm", 
 #: Options whose value is ``user:password`` (curl).
 _CURL_USER = frozenset({"-u", "-U", "--user", "--proxy-user"})
 
+#: An option: a word that starts with ``-`` (quotes only separate words here); the
+#: operators that end a simple command; the names of the programs above.
+_OPTION = re.compile(r"-(?<![^\s\"'`;&|()<>]-)[^\s\"'`;&|()<>]*")
+_SEPARATOR = re.compile(r"[;&|()`\n]")
+_PROGRAM = re.compile(
+    r"(?<![^\s\"'`;&|()<>/])(?:"
+    + "|".join(re.escape(name) for name in sorted({*_MYSQL, *_PASSWORD_P, *_LOGIN}, key=len)[::-1])
+    + r"|curl|login|redis-cli)(?![^\s\"'`;&|()<>])"
+)
+
 #: What a pending option waits for: any value, or ``user:password`` (mask the password).
 VALUE = "value"
 CREDENTIALS = "credentials"
 
 
 def mask_options(
-    text: str, is_secret_option: Callable[[str], bool], programs: MutableSet[str]
+    text: str, is_secret_option: Callable[[str], bool], programs: set[str]
 ) -> tuple[str, str | None]:
     """``text`` (a command line) with option values that are secrets masked.
 
@@ -209,14 +217,11 @@ def mask_options(
     spans: list[tuple[int, int]] = []
     skip_to = 0
     pending: str | None = None
-    for match in _WORD.finditer(text):
+    commands = _Commands(text, programs)
+    for match in _OPTION.finditer(text):
         if match.start() < skip_to:
             continue
-        word = match.group()
-        if word in _SEPARATORS:
-            programs.clear()
-            continue
-        kind, attached = _option_kind(word, is_secret_option, programs)
+        kind, attached = _option_kind(match.group(), is_secret_option, commands.at(match.start()))
         if attached is not None:
             spans.extend(_masked(match.start() + attached, match.end(), kind, text))
         elif kind is not None:
@@ -227,8 +232,31 @@ def mask_options(
                 continue
             spans.extend(_masked(value[0], value[1], kind, text))
             skip_to = value[1] + 1
-        programs.add(word.rsplit("/", 1)[-1].lower())
+    after = commands.at(len(text))
+    programs.clear()
+    programs.update(after)
     return _replace(text, spans), pending
+
+
+class _Commands:
+    """The programs named in the simple command around a position of a command line (read
+    only when an option asks: most lines have no option that depends on its program)."""
+
+    def __init__(self, text: str, inherited: Set[str]) -> None:
+        self.text = text
+        self.inherited = frozenset(inherited)
+        self._separators: list[int] | None = None
+
+    def at(self, position: int) -> frozenset[str]:
+        if self._separators is None:
+            self._separators = [m.start() for m in _SEPARATOR.finditer(self.text)]
+        index = bisect.bisect_left(self._separators, position)
+        start = self._separators[index - 1] + 1 if index else 0
+        named = {
+            m.group().rsplit("/", 1)[-1].lower()
+            for m in _PROGRAM.finditer(self.text, start, position)
+        }
+        return frozenset(named | self.inherited) if not index else frozenset(named)
 
 
 def mask_value(value: str, kind: str) -> str:
@@ -237,7 +265,7 @@ def mask_value(value: str, kind: str) -> str:
 
 
 def _option_kind(
-    word: str, is_secret_option: Callable[[str], bool], programs: MutableSet[str]
+    word: str, is_secret_option: Callable[[str], bool], programs: Set[str]
 ) -> tuple[str | None, int | None]:
     """(what ``word`` takes, where its value starts inside it if attached)."""
     if not word.startswith("-") or word == "-":
@@ -255,7 +283,7 @@ def _option_kind(
 
 
 def _short_option_kind(
-    option: str, attached: bool, programs: MutableSet[str]
+    option: str, attached: bool, programs: Set[str]
 ) -> tuple[str | None, int | None]:
     """What the single-letter ``option`` of the programs seen takes (``-pSECRET``)."""
     at = 2 if attached else None
