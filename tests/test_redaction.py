@@ -28,6 +28,7 @@ from changeledger import (
 )
 from changeledger.cli.main import cli
 from changeledger.constants import ENV_DB, LEDGER_DIR
+from changeledger.domain import redact
 from changeledger.domain.errors import ToolError, ValidationError
 from changeledger.domain.models import PlanError, PlanState
 from changeledger.domain.redact import (
@@ -764,3 +765,15 @@ def test_plan_exec_keeps_commands_readable_and_their_secrets_out(cli_workspace: 
     expected = f"echo FOO=1 API_TOKEN={MASK} make; echo mysql -p{MASK} db"
     assert call["arguments"] == {"argv": ["sh", "-c", expected]}
     assert call["result"]["argv"] == ["sh", "-c", expected]
+
+
+def test_an_invalid_pattern_in_the_environment_is_one_error_line(
+    cli_workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The error line is redacted with the rules in force: invalid ones leave the built-in."""
+    assert _invoke("init").exit_code == 0
+    monkeypatch.setenv(ENV_PATTERNS, "(unclosed")
+    monkeypatch.setattr(redact, "_default", None)  # rules are read once per process
+    line = _one_error_line(CliRunner().invoke(cli, ["plan", "list"]))
+    assert "is not a regular expression" in line
+    assert redact.default_redactor() == Redactor()

@@ -561,10 +561,18 @@ def mask_line(line: str) -> str:
 
 
 def default_redactor() -> Redactor:
-    """The rules in force for this process (built-in and from the environment), built once."""
+    """The rules in force for this process (built-in and from the environment), built once.
+
+    Rules in the environment that are not valid leave the built-in ones in force here:
+    this redactor masks log lines and error messages, which must never fail (opening a
+    ledger reports the invalid rule).
+    """
     global _default  # noqa: PLW0603 - one cache per process
     if _default is None:
-        _default = Redactor.from_env()
+        try:
+            _default = Redactor.from_env()
+        except ValidationError:
+            _default = Redactor()
     return _default
 
 
