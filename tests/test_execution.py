@@ -23,8 +23,9 @@ from changeledger import (
     ToolRegistry,
     ValidationError,
 )
+from changeledger.domain.redact import RESULT_TEXT_LIMIT
 from changeledger.workspace.exec_tool import exec_command
-from changeledger.workspace.tools import BUILTINS, RESULT_TEXT_LIMIT
+from changeledger.workspace.tools import BUILTINS
 
 
 @pytest.fixture

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import stat
 import subprocess
 import sys
@@ -26,6 +28,7 @@ from changeledger import (
 )
 from changeledger.cli.main import cli
 from changeledger.constants import ENV_DB, LEDGER_DIR
+from changeledger.domain import redact
 from changeledger.domain.errors import ToolError, ValidationError
 from changeledger.domain.models import PlanError, PlanState
 from changeledger.domain.redact import (
@@ -33,9 +36,14 @@ from changeledger.domain.redact import (
     ENV_PATTERNS,
     ENV_SENSITIVE_FILES,
     MASK,
+    RESULT_TEXT_LIMIT,
     Redactor,
 )
+from changeledger.domain.store import PlanStore
+from changeledger.services.planfile import PlanFile, PlanStep, validate_plan_file
 from changeledger.services.review import ReviewService
+from changeledger.workspace.confine import Workspace
+from changeledger.workspace.exec_tool import OUTPUT_TAIL_BYTES, exec_command, output_tail
 from changeledger.workspace.tools import BUILTINS, ToolContext, ToolFailure
 
 AWS_KEY = "AKIAIOSFODNN7EXAMPLE"
@@ -440,3 +448,332 @@ def test_output_cut_short_by_the_reader_is_not_an_error(cli_workspace: Path) -> 
     assert head == b"diff --git"
     assert errors == ""
     assert code == 0
+
+
+# -- issue 9, item 11: redaction before truncation ------------------------------------------
+
+
+def _long_text_registry() -> ToolRegistry:
+    registry = BUILTINS.copy()
+
+    @registry.register("report")
+    def report(ctx: ToolContext, size: int) -> dict[str, Any]:
+        del ctx
+        # The token straddles the point where a recorded result is cut.
+        return {"text": "x" * (size - 20) + f" {GITHUB} tail"}
+
+    return registry
+
+
+def test_a_secret_at_the_cut_of_a_long_result_is_masked_not_halved(
+    db_url: URL, workspace: Path
+) -> None:
+    with Ledger.open(db_url) as ledger:
+        service = PlanService(ledger.plans, ledger.changesets, registry=_long_text_registry())
+        plan = service.create("long", workspace)
+        with service.execute(plan.id) as run:
+            called = run.call("report", {"size": RESULT_TEXT_LIMIT})
+        assert called.value == {"text": "x" * (RESULT_TEXT_LIMIT - 20) + f" {GITHUB} tail"}
+        recorded = json.dumps(called.invocation.result)
+        assert "ghp_" not in recorded
+        assert "ZZZZ" not in recorded
+        assert "more characters not recorded" in recorded
+        assert "ZZZZ" not in _dump(ledger)
+
+
+def test_every_store_cuts_long_results_only_after_masking() -> None:
+    for store in (InMemoryChangeSetStore(redactor=Redactor()),):
+        plan = store.plans.create("p", "/w")
+        changeset = store.start(plan.id)
+        text = "y" * (RESULT_TEXT_LIMIT - 10) + f" {AWS_KEY}"
+        call = store.record_invocation(changeset.id, ToolCall("t", {}, result={"out": text}))
+        assert isinstance(call.result, dict)
+        out = call.result["out"]
+        assert isinstance(out, str)
+        assert out.startswith("y" * (RESULT_TEXT_LIMIT - 10) + " [REDACTED")
+        assert out.endswith("more characters not recorded]")
+        assert "AKIA" not in out
+
+
+def test_the_sql_stores_cut_long_results_after_masking(ledger: Ledger) -> None:
+    plan = ledger.plans.create("p", "/w")
+    changeset = ledger.changesets.start(plan.id)
+    text = "y" * (RESULT_TEXT_LIMIT - 10) + f" {AWS_KEY}"
+    call = ledger.changesets.record_invocation(changeset.id, ToolCall("t", {}, result=text))
+    assert isinstance(call.result, str)
+    assert "AKIA" not in call.result
+    assert call.result.endswith("more characters not recorded]")
+    assert ledger.changesets.get(changeset.id).invocations[0].result == call.result
+
+
+needs_openssl = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")
+
+
+@needs_openssl
+def test_exec_output_whose_tail_starts_inside_a_private_key_is_masked(
+    db_url: URL, workspace: Path
+) -> None:
+    """The key's BEGIN line is more than 4 KiB before the end of the output, its END line
+    inside the tail: the tail is cut from output that was redacted whole."""
+    script = "openssl genpkey -algorithm RSA 2>/dev/null; head -c 3000 /dev/zero | tr '\\0' x"
+    registry = BUILTINS.copy()
+    registry.register("exec")(exec_command)
+    with Ledger.open(db_url) as ledger:
+        service = PlanService(ledger.plans, ledger.changesets, registry=registry)
+        plan = service.create("exec", workspace)
+        with service.execute(plan.id) as run:
+            called = run.call("exec", {"argv": ["sh", "-c", script]})
+        assert isinstance(called.value, dict)
+        tail = called.value["output_tail"]
+        assert isinstance(tail, str)
+        assert called.value["output_bytes"] > OUTPUT_TAIL_BYTES + 100  # BEGIN was cut off
+        assert "[REDACTED:private-key]" in tail
+        assert not re.search(r"(?m)^[A-Za-z0-9+/]{64}$", tail), "a key body line is left"
+        assert tail.endswith("x" * 3000)
+        assert not re.search(r"(?m)^[A-Za-z0-9+/]{64}$", _dump(ledger))
+
+
+def test_the_exec_tail_never_cuts_inside_a_mask() -> None:
+    output = ("a" * 100 + " token " + "T" * 40 + "\n").encode() * 40
+    tail = output_tail(output, Redactor())
+    assert len(tail) <= OUTPUT_TAIL_BYTES
+    assert tail.startswith("[REDACTED") or tail.startswith("a")
+    assert "T" * 10 not in tail
+
+
+# -- issue 9, item 11: reads and writes through a symlink to a sensitive file ---------------
+
+
+@pytest.fixture
+def linked_workspace(workspace: Path) -> Path:
+    (workspace / ".env").write_text("hunter2-plain\n")
+    (workspace / "config").mkdir()
+    (workspace / "config" / "link").symlink_to("../.env")
+    (workspace / "secrets").mkdir()
+    (workspace / "secrets" / "token.txt").write_text("hunter2-in-secrets\n")
+    (workspace / "cfg").symlink_to("secrets")
+    return workspace
+
+
+def test_a_read_through_a_symlink_to_a_sensitive_file_is_masked(
+    db_url: URL, linked_workspace: Path
+) -> None:
+    redactor = Redactor(sensitive_files=("secrets/*",))
+    with Ledger.open(db_url, redactor=redactor) as ledger:
+        service = PlanService(ledger.plans, ledger.changesets)
+        plan = service.create("links", linked_workspace)
+        with service.execute(plan.id) as run:
+            read = run.call("read_file", {"path": "config/link"})
+            through_dir = run.call("read_file", {"path": "cfg/token.txt"})
+            plain = run.call("read_file", {"path": "config/../.env"})
+        assert isinstance(read.value, dict)
+        assert read.value["content"] == "hunter2-plain\n"  # the caller gets the file
+        assert read.invocation.resource_refs == (".env",)
+        assert through_dir.invocation.resource_refs == ("secrets/token.txt",)
+        assert plain.invocation.resource_refs == (".env",)
+        for call in (read, through_dir, plain):
+            assert isinstance(call.invocation.result, dict)
+            assert call.invocation.result["content"].startswith(MASK)
+        assert "hunter2" not in _dump(ledger)
+
+
+@pytest.mark.parametrize(
+    ("tool", "args"),
+    [
+        ("write_file", {"path": "config/link", "content": "hunter2-new\n"}),
+        ("edit_file", {"path": "config/link", "old": "hunter2-plain", "new": "hunter2-new"}),
+        (
+            "apply_patch",
+            {
+                "patch": "--- a/config/link\n+++ b/config/link\n@@ -1 +1 @@\n"
+                "-hunter2-plain\n+hunter2-new\n"
+            },
+        ),
+        ("delete_file", {"path": "config/link"}),
+    ],
+)
+def test_a_write_through_a_symlink_to_a_sensitive_file_is_refused_and_masked(
+    db_url: URL, linked_workspace: Path, tool: str, args: dict[str, Any]
+) -> None:
+    with Ledger.open(db_url) as ledger:
+        service = PlanService(ledger.plans, ledger.changesets)
+        plan = service.create("links", linked_workspace)
+        with service.execute(plan.id) as run, pytest.raises(ToolError, match="symlink"):
+            run.call(tool, args)
+        changeset = ledger.changesets.get_for_plan(plan.id)
+        assert changeset is not None
+        [failed] = changeset.invocations
+        assert failed.resource_refs == (".env",)
+        assert failed.change_ids == ()
+        assert "hunter2" not in _dump(ledger)
+    assert (linked_workspace / ".env").read_text() == "hunter2-plain\n"
+
+
+def test_a_failed_patch_of_a_sensitive_file_quotes_none_of_its_lines(
+    db_url: URL, workspace: Path
+) -> None:
+    """GNU diff headers with timestamps, and a parse error that quotes the bad line."""
+    patch = (
+        "--- .env\t2024-01-01 10:00:00.000000000 +0000\r\n"
+        "+++ .env\t2024-01-02 10:00:00.000000000 +0000\r\n"
+        "@@ -1 +1,2 @@\r\n-API_KEY=old-value\r\n+hunter2-line-one\r\n?hunter2-line-two\r\n"
+    )
+    with Ledger.open(db_url) as ledger:
+        service = PlanService(ledger.plans, ledger.changesets)
+        plan = service.create("patch", workspace)
+        with service.execute(plan.id) as run, pytest.raises(ToolError) as failed:
+            run.call("apply_patch", {"patch": patch})
+        assert "hunter2" not in failed.value.message
+        assert "unexpected line in hunk" in failed.value.message
+        assert "hunter2" not in _dump(ledger)
+
+
+# -- issue 9, item 11: plan titles, descriptions and cancel reasons ---------------------------
+
+
+def test_plan_titles_descriptions_and_metadata_are_redacted_in_storage(
+    db_url: URL, workspace: Path
+) -> None:
+    secret_key = "sk-proj-" + "t" * 32
+    with Ledger.open(db_url) as ledger:
+        stores: list[PlanStore] = [
+            ledger.plans,
+            InMemoryChangeSetStore(redactor=ledger.redactor).plans,
+        ]
+        for plans in stores:
+            plan = plans.create(
+                f"deploy with {secret_key}",
+                str(workspace),
+                description="export DB_PASSWORD=hunter2 and go",
+                metadata={"api_key": "hunter2", "model": "m"},
+            )
+            assert plan.title == "deploy with [REDACTED:api-key]"
+            assert plan.description == f"export DB_PASSWORD={MASK}"
+            assert plan.metadata == {"api_key": MASK, "model": "m"}
+            assert plans.get(plan.id) == plan
+        stored = _dump(ledger)
+        assert secret_key not in stored
+        assert "hunter2" not in stored
+
+
+def test_plan_create_and_cancel_print_no_secret(cli_workspace: Path) -> None:
+    assert _invoke("init").exit_code == 0
+    created = _invoke(
+        "plan",
+        "create",
+        f"rotate {GITHUB}",
+        "--description",
+        "uses TOKEN=hunter2 x",
+        "--format",
+        "json",
+    )
+    assert created.exit_code == 0, created.output
+    assert GITHUB not in created.stdout
+    assert "hunter2" not in created.stdout
+    plan_id = json.loads(created.stdout)["data"]["plan_id"]
+    reason = f"leaked {AWS_KEY}, curl -u admin:hunter2 failed"
+    for fmt in ("plain", "json"):
+        target = (
+            plan_id
+            if fmt == "plain"
+            else json.loads(_invoke("plan", "create", "second", "--format", "json").stdout)["data"][
+                "plan_id"
+            ]
+        )
+        cancelled = _invoke("plan", "cancel", target, "--reason", reason, "--format", fmt)
+        assert cancelled.exit_code == 0, cancelled.output
+        assert AWS_KEY not in cancelled.stdout
+        assert "hunter2" not in cancelled.stdout
+        assert "[REDACTED:aws-access-key-id]" in cancelled.stdout
+    listed = _invoke("plan", "list", "--format", "json").stdout
+    for secret in (GITHUB, AWS_KEY, "hunter2"):
+        assert secret not in listed
+
+
+# -- issue 9, item 11: error lines that would echo input ---------------------------------------
+
+
+def _one_error_line(result: Any) -> str:
+    assert result.exit_code == 2, result.output
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("error: ")
+    return str(lines[0])
+
+
+def test_plan_file_errors_mask_what_they_quote(cli_workspace: Path) -> None:
+    assert _invoke("init").exit_code == 0
+    cases = {
+        # A patch to a sensitive file: the parse error quotes one of its lines.
+        "bad-patch.yaml": "title: t\nsteps:\n  - tool: apply_patch\n    args:\n      patch: |\n"
+        "        --- a/.env\n        +++ b/.env\n        @@ -1 +1 @@\n"
+        "        -API_KEY=old-value\n        ?hunter2-line\n",
+        # A path that is a token.
+        "bad-path.yaml": "title: t\nsteps:\n  - tool: read_file\n"
+        f"    args: {{path: ../{GITHUB}}}\n",
+        # An assignment quoted inside a line.
+        "bad-arg.yaml": "title: t\nsteps:\n  - tool: read_file\n"
+        "    args: {path: 'x/../../DB_PASSWORD=hunter2'}\n",
+    }
+    for name, plan_text in cases.items():
+        (cli_workspace / name).write_text(plan_text)
+        line = _one_error_line(CliRunner().invoke(cli, ["plan", "run", name]))
+        assert "hunter2" not in line, name
+        assert GITHUB not in line, name
+        assert "steps[1]" in line, name
+        as_json = CliRunner().invoke(cli, ["plan", "run", name, "--format", "json"])
+        assert "hunter2" not in as_json.output
+        assert GITHUB not in as_json.output
+
+
+def test_usage_errors_mask_what_they_echo(cli_workspace: Path) -> None:
+    line = _one_error_line(CliRunner().invoke(cli, ["plan", "list", "--state", GITHUB]))
+    assert GITHUB not in line
+    assert "[REDACTED:github-token]" in line
+
+
+def test_validate_plan_file_masks_its_errors_for_library_callers(workspace: Path) -> None:
+    patch = "--- a/.env\n+++ b/.env\n@@ -1 +1 @@\n-x\n?hunter2-line\n"
+    document = PlanFile(
+        path="p.yaml",
+        title="t",
+        description="",
+        steps=(PlanStep(index=1, tool="apply_patch", args={"patch": patch}),),
+    )
+    with pytest.raises(ValidationError) as failed:
+        validate_plan_file(document, BUILTINS, Workspace(workspace))
+    assert "hunter2" not in failed.value.message
+    assert "unexpected line in hunk" in failed.value.message
+    assert isinstance(failed.value.__cause__, ValidationError)
+
+
+def test_plan_exec_keeps_commands_readable_and_their_secrets_out(cli_workspace: Path) -> None:
+    assert _invoke("init").exit_code == 0
+    plan_id = json.loads(_invoke("plan", "create", "exec", "--format", "json").stdout)["data"][
+        "plan_id"
+    ]
+    script = "echo FOO=1 API_TOKEN=hunter2 make; echo mysql -phunter2 db"
+    ran = _invoke("plan", "exec", plan_id, "--format", "json", "--", "sh", "-c", script)
+    assert ran.exit_code == 0, ran.output
+    assert "hunter2" not in ran.stdout
+    assert json.loads(ran.stdout)["data"]["output_tail"] == (
+        f"FOO=1 API_TOKEN={MASK} make\nmysql -p{MASK} db\n"
+    )
+    calls = json.loads(_invoke("plan", "invocations", plan_id, "--format", "json").stdout)
+    [call] = calls["data"]["invocations"]
+    expected = f"echo FOO=1 API_TOKEN={MASK} make; echo mysql -p{MASK} db"
+    assert call["arguments"] == {"argv": ["sh", "-c", expected]}
+    assert call["result"]["argv"] == ["sh", "-c", expected]
+
+
+def test_an_invalid_pattern_in_the_environment_is_one_error_line(
+    cli_workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The error line is redacted with the rules in force: invalid ones leave the built-in."""
+    assert _invoke("init").exit_code == 0
+    monkeypatch.setenv(ENV_PATTERNS, "(unclosed")
+    monkeypatch.setattr(redact, "_default", None)  # rules are read once per process
+    line = _one_error_line(CliRunner().invoke(cli, ["plan", "list"]))
+    assert "is not a regular expression" in line
+    assert redact.default_redactor() == Redactor()

@@ -229,7 +229,9 @@ def _fail(
     message: str,
     details: Mapping[str, Any] | None = None,
 ) -> NoReturn:
-    line = one_line(message)
+    from changeledger.domain.redact import default_redactor
+
+    line = one_line(default_redactor().text(message))  # masked whole, before it is cut
     click.echo(f"error: {line}", err=True)
     if fmt in {"json", "yaml"}:
         envelope = Envelope(

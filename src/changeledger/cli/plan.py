@@ -5,13 +5,16 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from changeledger.cli.common import open_ledger, plan_data
 from changeledger.cli.output import format_option, run, workspace_path
 from changeledger.domain.errors import ChangeLedgerError, ToolError, ValidationError
+
+if TYPE_CHECKING:
+    from changeledger.domain.models import Plan
 
 STATES = (
     "created",
@@ -115,7 +118,7 @@ def run_file(
                         f"plan file {file} has no title; give one or use --plan", "title"
                     )
                 root = Workspace(workspace if workspace is not None else Path.cwd())
-            validate_plan_file(document, service.registry, root)
+            validate_plan_file(document, service.registry, root, ledger.redactor)
             target = (
                 plan_id
                 or service.create(
@@ -309,6 +312,13 @@ def _octal(mode: int | None) -> str | None:
     return None if mode is None else f"{mode:04o}"
 
 
+def _kept_reason(plan: Plan, reason: str | None) -> str | None:
+    """The cancel reason as the ledger kept it (``cancelled: ...``), secrets masked."""
+    if not reason or plan.error is None:
+        return reason
+    return plan.error.message.removeprefix("cancelled: ")
+
+
 @plan.command()
 @click.argument("plan_id", metavar="PLAN")
 @click.option("--reason", default=None, help="Why the plan is cancelled (kept with it).")
@@ -326,7 +336,7 @@ def cancel(ctx: click.Context, plan_id: str, reason: str | None, fmt: str | None
             return {
                 "plan_id": cancelled.id,
                 "state": cancelled.state.value,
-                "reason": reason,
+                "reason": _kept_reason(cancelled, reason),
                 "cleanup": {
                     "changesets": cleanup.changesets,
                     "entries": cleanup.entries,

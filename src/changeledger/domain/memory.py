@@ -72,11 +72,11 @@ class InMemoryPlanStore:
             )
         plan = Plan(
             id=new_id(),
-            title=check_text(title, "title"),
+            title=self.redactor.text(check_text(title, "title")),
             # A relative workspace means the one seen from here, now.
             workspace=str(Path(check_text(workspace, "workspace")).resolve()),
-            description=description or "",
-            metadata=json_roundtrip(dict(metadata or {}), "metadata"),
+            description=self.redactor.text(description or ""),
+            metadata=json_roundtrip(self.redactor.value(dict(metadata or {})), "metadata"),
         )
         with self._lock:
             self._plans[plan.id] = plan

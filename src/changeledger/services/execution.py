@@ -45,13 +45,7 @@ from changeledger.logs import get_logger
 from changeledger.workspace.confine import Workspace
 from changeledger.workspace.locks import execution_lock
 from changeledger.workspace.staged import StagedView
-from changeledger.workspace.tools import (
-    BUILTINS,
-    ToolContext,
-    ToolFailure,
-    ToolRegistry,
-    recorded_result,
-)
+from changeledger.workspace.tools import BUILTINS, ToolContext, ToolFailure, ToolRegistry
 
 log = get_logger("changeledger.execution")
 
@@ -98,7 +92,7 @@ class PlanRun:
         spec = self._registry.get(tool)
         arguments = spec.check_arguments(args or {})
         recorded_args = json_roundtrip(arguments, "args")
-        context = ToolContext(self.view)
+        context = ToolContext(self.view, getattr(self._changesets, "redactor", None))
         mark = self.view.mark()
         started = utcnow()
         try:
@@ -115,8 +109,9 @@ class PlanRun:
                     status=InvocationStatus.ERROR,
                     error_type=type(exc).__name__,
                     error_message=message,
-                    result=recorded_result(exc.result) if isinstance(exc, ToolFailure) else None,
+                    result=exc.result if isinstance(exc, ToolFailure) else None,
                     started_at=started,
+                    resource_refs=tuple(context.resources),
                     provider_metadata=dict(provider_metadata or {}),
                 ),
             )
@@ -142,8 +137,9 @@ class PlanRun:
                 ToolCall(
                     tool_name=spec.name,
                     arguments=recorded_args,
-                    result=recorded_result(result),
+                    result=result,
                     started_at=started,
+                    resource_refs=tuple(context.resources),
                     provider_metadata=dict(provider_metadata or {}),
                 ),
                 context.changes,

@@ -23,6 +23,7 @@ from typing import Any
 
 from changeledger.domain.errors import ValidationError, WorkspaceError
 from changeledger.domain.paths import check_glob
+from changeledger.domain.redact import Redactor, default_redactor
 from changeledger.workspace.confine import Workspace
 from changeledger.workspace.patch import parse_patch
 from changeledger.workspace.tools import ToolRegistry
@@ -49,12 +50,15 @@ class PlanFile:
 
 
 def load_plan_file(path: Path) -> PlanFile:
-    """Read and shape-check a plan file; ``ValidationError`` with a clear message if bad."""
+    """Read and shape-check a plan file; ``ValidationError`` with a clear message if bad
+    (secrets it would quote from the file masked)."""
     name = str(path)
     try:
         return _load(path, name)
     except RecursionError as exc:
         raise ValidationError(f"plan file {name} nests too deeply", field="file") from exc
+    except ValidationError as exc:
+        raise _masked(exc, default_redactor().text(exc.message)) from exc
 
 
 def _read(path: Path, name: str) -> bytes:
@@ -150,44 +154,68 @@ def _step(name: str, index: int, step: object) -> PlanStep:
     return PlanStep(index=index, tool=tool, args=dict(args))
 
 
-def validate_plan_file(plan: PlanFile, registry: ToolRegistry, workspace: Workspace) -> None:
-    """Check every step's tool, argument types and paths, before anything runs."""
+def validate_plan_file(
+    plan: PlanFile, registry: ToolRegistry, workspace: Workspace, redactor: Redactor | None = None
+) -> None:
+    """Check every step's tool, argument types and paths, before anything runs.
+
+    An error may quote a step's arguments (a path, a patch's line): it says them with the
+    secrets masked as the step's invocation would be recorded (``redactor``: the rules in
+    force for this process by default).
+    """
+    rules = default_redactor() if redactor is None else redactor
     for step in plan.steps:
-        where = f"plan file {plan.path}: steps[{step.index}]"
-        if step.tool not in registry:
-            names = ", ".join(registry.names())
-            raise ValidationError(
-                f"{where}.tool: unknown tool {step.tool!r} (known: {names})",
-                f"steps[{step.index}].tool",
-            )
         try:
-            registry.get(step.tool).check_arguments(step.args)
+            _validate_step(plan, step, registry, workspace)
         except ValidationError as exc:
-            raise ValidationError(
-                f"{where}.args.{exc.field}: {exc.message}",
-                f"steps[{step.index}].args.{exc.field}",
-            ) from exc
-        for key in PATH_ARGUMENTS:
-            value = step.args.get(key)
-            if value is not None:
-                _check_path(workspace, value, f"{where}.args.{key}")
-        pattern = step.args.get("pattern")
-        if pattern is not None:
-            try:
-                check_glob(pattern)
-            except WorkspaceError as exc:
-                where_pattern = f"{where}.args.pattern"
-                raise WorkspaceError(f"{where_pattern}: {exc.message}", where_pattern) from exc
-        patch = step.args.get("patch")
-        if step.tool == "apply_patch" and isinstance(patch, str):
-            try:
-                files = parse_patch(patch)
-            except ValidationError as exc:
-                raise ValidationError(f"{where}.args.patch: {exc.message}", "patch") from exc
-            for file_patch in files:
-                for value in (file_patch.old_path, file_patch.new_path):
-                    if value is not None:
-                        _check_path(workspace, value, f"{where}.args.patch")
+            raise _masked(exc, rules.error_message(exc.message, step.args)) from exc
+
+
+def _masked(exc: ValidationError, message: str) -> ValidationError:
+    """``exc`` saying ``message`` instead (the original stays chained for a debugger)."""
+    if message == exc.message:
+        return exc
+    return type(exc)(message, field=exc.field)
+
+
+def _validate_step(
+    plan: PlanFile, step: PlanStep, registry: ToolRegistry, workspace: Workspace
+) -> None:
+    where = f"plan file {plan.path}: steps[{step.index}]"
+    if step.tool not in registry:
+        names = ", ".join(registry.names())
+        raise ValidationError(
+            f"{where}.tool: unknown tool {step.tool!r} (known: {names})",
+            f"steps[{step.index}].tool",
+        )
+    try:
+        registry.get(step.tool).check_arguments(step.args)
+    except ValidationError as exc:
+        raise ValidationError(
+            f"{where}.args.{exc.field}: {exc.message}",
+            f"steps[{step.index}].args.{exc.field}",
+        ) from exc
+    for key in PATH_ARGUMENTS:
+        value = step.args.get(key)
+        if value is not None:
+            _check_path(workspace, value, f"{where}.args.{key}")
+    pattern = step.args.get("pattern")
+    if pattern is not None:
+        try:
+            check_glob(pattern)
+        except WorkspaceError as exc:
+            where_pattern = f"{where}.args.pattern"
+            raise WorkspaceError(f"{where_pattern}: {exc.message}", where_pattern) from exc
+    patch = step.args.get("patch")
+    if step.tool == "apply_patch" and isinstance(patch, str):
+        try:
+            files = parse_patch(patch)
+        except ValidationError as exc:
+            raise ValidationError(f"{where}.args.patch: {exc.message}", "patch") from exc
+        for file_patch in files:
+            for value in (file_patch.old_path, file_patch.new_path):
+                if value is not None:
+                    _check_path(workspace, value, f"{where}.args.patch")
 
 
 def _check_path(workspace: Workspace, value: object, where: str) -> None:

@@ -78,7 +78,8 @@ class SqlPlanStore:
         base: Path | None = None,
     ) -> None:
         self._uow = UnitOfWork(session_factory)
-        #: Secrets in a plan's error are masked with these rules before it is written.
+        #: Secrets in a plan's title, description, metadata and error are masked with these
+        #: rules before they are written.
         self.redactor = Redactor.from_env() if redactor is None else redactor
         #: The embedded ledger's root: workspaces inside it are kept relative to it.
         self.base = base
@@ -96,12 +97,12 @@ class SqlPlanStore:
             raise ValidationError("description must be a string", field="description")
         if "\x00" in description:
             raise ValidationError("description contains a NUL byte", field="description")
-        meta_json = to_json(dict(metadata or {}), "metadata")
+        meta_json = to_json(self.redactor.value(dict(metadata or {})), "metadata")
         plan = Plan(
             id=new_id(),
-            title=check_text(title, "title"),
+            title=self.redactor.text(check_text(title, "title")),
             workspace=stored_workspace(check_text(workspace, "workspace"), self.base),
-            description=description or "",
+            description=self.redactor.text(description or ""),
         )
         with self._uow.write() as session:
             row = PlanModel(

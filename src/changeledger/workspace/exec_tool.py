@@ -37,16 +37,19 @@ from types import TracebackType
 
 from changeledger.domain.errors import ValidationError, WorkspaceError
 from changeledger.domain.models import JSONValue
+from changeledger.domain.redact import Redactor
 from changeledger.logs import get_logger
 from changeledger.workspace.confine import MAX_FILE_BYTES, FileState
 from changeledger.workspace.staged import StagedView
 from changeledger.workspace.tools import ToolContext, ToolFailure
 from changeledger.workspace.walk import Found, Ignored, Skip, path_budget, remove_tree, walk
 
-#: Bytes of combined stdout and stderr kept in the recorded result.
+#: Characters of combined stdout and stderr kept in the result (after redaction).
 OUTPUT_TAIL_BYTES = 4096
-#: Bytes of output held while the command runs: the tail, and context before it.
-OUTPUT_KEEP_BYTES = 2 * OUTPUT_TAIL_BYTES
+#: Bytes of output held while the command runs: the tail, and before it enough context
+#: to redact it (a secret that starts before the tail, a private key's BEGIN line, is
+#: still recognised whole).
+OUTPUT_KEEP_BYTES = 64 * 1024
 
 #: Permission bits never staged from a command's files, with the word for the notice.
 DROPPED_BITS: tuple[tuple[int, str], ...] = (
@@ -86,9 +89,17 @@ rm -rf "$1"
 log = get_logger("changeledger.exec")
 
 
-def output_tail(kept: bytes) -> str:
-    """The ``output_tail`` recorded from the last ``OUTPUT_KEEP_BYTES`` of the output."""
-    return kept[-OUTPUT_TAIL_BYTES:].decode("utf-8", errors="replace")
+def output_tail(output: bytes, redactor: Redactor) -> str:
+    """The last ``OUTPUT_TAIL_BYTES`` characters of ``output``, secrets masked: redacted
+    over the last ``OUTPUT_KEEP_BYTES`` first, then cut (never inside a mask)."""
+    text = redactor.text(output[-OUTPUT_KEEP_BYTES:].decode("utf-8", errors="replace"))
+    if len(text) <= OUTPUT_TAIL_BYTES:
+        return text
+    cut = len(text) - OUTPUT_TAIL_BYTES
+    opening = text.rfind("[REDACTED", 0, cut)
+    if opening != -1 and text.find("]", opening) >= cut:
+        cut = opening  # keep the mask whole rather than a piece of its name
+    return text[cut:]
 
 
 def exec_command(
@@ -108,7 +119,7 @@ def exec_command(
             "argv": list(argv),
             "exit_code": ran.exit_code,
             "duration_ms": round(ran.duration_ms, 3),
-            "output_tail": output_tail(ran.output),
+            "output_tail": output_tail(ran.output, ctx.redactor),
             "output_bytes": ran.output_bytes,
         }
         if ran.timed_out:

@@ -21,15 +21,15 @@ import types
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Union
 
-from changeledger.domain.errors import ValidationError
+from changeledger.domain.errors import ChangeLedgerError, ValidationError
 from changeledger.domain.models import MAX_TOOL_NAME, FileChange, JSONValue
+from changeledger.domain.paths import normalize_path
+from changeledger.domain.redact import Redactor, default_redactor
 from changeledger.workspace.patch import apply_hunks, parse_patch
 from changeledger.workspace.staged import StagedView
-
-#: Text longer than this in a recorded result is cut (the caller still gets all of it).
-RESULT_TEXT_LIMIT = 16 * 1024
 
 _JSON_TYPES: dict[type, tuple[type, ...]] = {
     str: (str,),
@@ -50,16 +50,23 @@ class ToolFailure(Exception):
 
 
 class ToolContext:
-    """What a tool sees: the staged view, with every change it stages collected."""
+    """What a tool sees: the staged view, with every change it stages collected, and the
+    files it read or wrote (``resources``, symlinks resolved: a read of ``config/link``
+    that points at ``.env`` is a read of ``.env``, and the redactor masks it so)."""
 
-    def __init__(self, view: StagedView) -> None:
+    def __init__(self, view: StagedView, redactor: Redactor | None = None) -> None:
         self.view = view
         self.changes: list[FileChange] = []
+        self.resources: dict[str, None] = {}
+        #: The rules the call is recorded with, for tools that redact before they cut.
+        self.redactor = default_redactor() if redactor is None else redactor
 
     def read(self, path: str) -> bytes:
+        self._touch(path)
         return self.view.read(path)
 
     def read_text(self, path: str) -> str:
+        self._touch(path)
         data = self.view.read(path)
         try:
             return data.decode("utf-8")
@@ -75,16 +82,38 @@ class ToolContext:
     def write(self, path: str, content: bytes | str, mode: int | None = None) -> None:
         """Stage ``content`` at ``path``; writing what is already there records nothing."""
         data = content.encode("utf-8") if isinstance(content, str) else content
+        self._touch(path)
         current = self.view.state(path)
         if current is not None and current.content == data and mode in (None, current.mode):
             return
         self.changes.append(self.view.write(path, data, mode))
 
     def delete(self, path: str) -> None:
+        self._touch(path)
         self.changes.append(self.view.delete(path))
 
     def move(self, src: str, dst: str) -> None:
+        self._touch(src)
+        self._touch(dst)
         self.changes.append(self.view.move(src, dst))
+
+    def _touch(self, path: object) -> None:
+        """Note the file ``path`` reaches, before the operation (which may fail)."""
+        try:
+            rel = normalize_path(path)
+        except ChangeLedgerError:
+            return  # the operation refuses the path itself
+        self.resources[_real_path(self.view.workspace.root, rel)] = None
+
+
+def _real_path(root: Path, rel: str) -> str:
+    """``rel`` with the symlinks on its way inside ``root`` resolved; ``rel`` itself when
+    it cannot be resolved or leads outside (the operation refuses such a path)."""
+    try:
+        real = (root / rel).resolve().relative_to(root)
+    except (OSError, RuntimeError, ValueError):
+        return rel
+    return real.as_posix() if real.parts else rel
 
 
 @dataclass(frozen=True)
@@ -217,18 +246,6 @@ def _json_types(hint: Any, tool_name: str, param: str) -> tuple[tuple[type, ...]
         f"tool {tool_name!r}: parameter {param!r} has type {hint!r}; use JSON types",
         field="fn",
     )
-
-
-def recorded_result(value: JSONValue) -> JSONValue:
-    """The result as it is kept in the ledger: long text is cut with a marker."""
-    if isinstance(value, str) and len(value) > RESULT_TEXT_LIMIT:
-        cut = len(value) - RESULT_TEXT_LIMIT
-        return value[:RESULT_TEXT_LIMIT] + f"…[{cut} more characters not recorded]"
-    if isinstance(value, Mapping):
-        return {str(k): recorded_result(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [recorded_result(v) for v in value]
-    return value
 
 
 BUILTINS = ToolRegistry()
