@@ -3,8 +3,9 @@ Documentation     What a user sees when things go wrong or secrets are involved,
 ...               in its own process: secrets masked in the audit trail and in diffs of
 ...               sensitive files (`--show-secrets` to see them, a masked patch refused),
 ...               bad input refused with one line and nothing written, a database of another
-...               program left alone, and a plan whose agent was killed continued by the next
-...               run.
+...               program left alone, a plan whose agent was killed continued by the next
+...               run, an apply journal committed to a repository left alone, a symlinked
+...               ledger refused, and a failed apply applied again once the fault is gone.
 Resource          resources/common.resource
 Test Setup        Make Workspace And Plan Folder
 Test Teardown     Remove Workspace And Plan Folder
@@ -110,3 +111,47 @@ A Plan Whose Agent Was Killed Is Continued
     ${artifacts}=    Changeledger Json    plan    artifacts    ${id}
     ${paths}=    Evaluate    sorted(a['path'] for a in $artifacts['data']['artifacts'])
     Should Be Equal    ${paths}    ${{["first.txt", "second.txt"]}}
+
+A Journal Committed To A Repository Is Left Alone
+    [Documentation]    Another clone's apply journal, found in this workspace: never rolled
+    ...    back (its backup would overwrite a.txt), reported on stderr with how to remove it.
+    Create File    ${WS}/a.txt    mine\n
+    Changeledger    init
+    ${folder}=    Set Variable    ${WS}/.changeledger/journal/01HZZZZZZZZZZZZZZZZZZZZZZ1
+    Create Directory    ${folder}/originals
+    Create File    ${folder}/originals/0    theirs\n
+    Create File    ${folder}/journal.json    {"format": 2, "plan_id": "01HZZZZZZZZZZZZZZZZZZZZZZ1", "ledger_id": "01HZZZZZZZZZZZZZZZZZZZZZZ2", "apply_id": "01HZZZZZZZZZZZZZZZZZZZZZZ3", "root": "${WS}", "token": "0123456789ab", "created_dirs": [], "steps": [{"path": "a.txt", "before": "${{'0' * 64}}", "after": null, "mode": null, "backup": "originals/0", "staged": null, "beside_old": null, "beside_new": null}]}
+    ${result}=    Changeledger    plan    list
+    Should Contain    ${result.stderr}    warning: left alone: ${folder}
+    Should Contain    ${result.stderr}    rm -r ${folder}
+    ${content}=    Get File    ${WS}/a.txt
+    Should Be Equal    ${content}    mine\n
+    File Should Exist    ${folder}/journal.json
+
+A Symlinked Ledger Is Refused
+    ${elsewhere}=    Evaluate    tempfile.mkdtemp(prefix="cl-robot-elsewhere-")    modules=tempfile
+    Evaluate    os.symlink($elsewhere, $WS + "/.changeledger")    modules=os
+    ${result}=    Changeledger    init    rc=2
+    Error Should Be One Line    ${result}    is a symlink
+    ${inside}=    List Directory    ${elsewhere}
+    Should Be Empty    ${inside}
+    Remove Directory    ${elsewhere}    recursive=True
+
+A Failed Apply Keeps The Staged Work For Another Try
+    Create File    ${WS}/a.txt    a\n
+    Changeledger    init
+    ${env}=    Run Plan File
+    ...    {"tool": "write_file", "args": {"path": "a.txt", "content": "changed\\n"}}
+    ${plan}=    Set Variable    ${env}[data][plan_id]
+    ${failed}=    Run Process    ${CL}    plan    apply    ${plan}    cwd=${WS}    env:CHANGELEDGER_DB=
+    ...    env:CHANGELEDGER_TEST_FAIL_AT_STEP=1
+    Should Be Equal As Integers    ${failed.rc}    1
+    ${states}=    Plan States
+    Should Be Equal    ${states}[${plan}]    apply_failed
+    ${content}=    Get File    ${WS}/a.txt
+    Should Be Equal    ${content}    a\n
+    ${applied}=    Changeledger Json    plan    apply    ${plan}
+    Should Be Equal    ${applied}[data][state]    applied
+    Should Be Equal    ${applied}[data][files][0][new_mode]    0644
+    ${content}=    Get File    ${WS}/a.txt
+    Should Be Equal    ${content}    changed\n
