@@ -435,3 +435,29 @@ def test_a_nested_workspace_of_another_ledger_waits_for_the_enclosing_apply(
     _, err = child.communicate(timeout=60)
     assert child.returncode == 0, err
     assert (inner / "a.txt").read_text() == "changed\n"
+
+
+def test_the_in_memory_stores_begin_and_finish_applies_as_the_sql_ones(root: Path) -> None:
+    """The fake users test with must refuse what the SQL stores refuse."""
+    from changeledger.domain.memory import InMemoryChangeSetStore
+
+    changesets = InMemoryChangeSetStore()
+    plans = changesets.plans
+    service = PlanService(plans, changesets)
+    plan = service.create("memory", root)
+    with service.execute(plan.id) as run:
+        run.call("write_file", {"path": "sub/a.txt", "content": "memory\n"})
+    changeset = changesets.get_for_plan(plan.id)
+    assert changeset is not None
+    changesets.record(changeset.id, FileChange("late.txt", ChangeOperation.CREATE, after=b"x"))
+    with pytest.raises(StateTransitionError, match="1 more change"):
+        changesets.begin_apply(
+            plan.id, changeset_id=changeset.id, through_seq=1, workspace=str(root), files=[]
+        )
+    report = PlanApplyService(plans, changesets).apply(plan.id)
+    assert report.record is not None
+    assert changesets.get_apply(report.record.id).state is ApplyState.APPLIED
+    assert (root / "late.txt").read_bytes() == b"x"
+    with pytest.raises(StateTransitionError, match="applied"):
+        changesets.record(changeset.id, FileChange("more.txt", ChangeOperation.CREATE, after=b"y"))
+    assert plans.get(plan.id).state is PlanState.APPLIED

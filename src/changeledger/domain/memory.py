@@ -38,6 +38,7 @@ from changeledger.domain.models import (
     ToolInvocation,
     build_entry,
     check_recordable,
+    check_snapshot,
     sha256_hex,
     utcnow,
 )
@@ -152,26 +153,20 @@ class InMemoryChangeSetStore:
     ) -> ApplyRecord:
         with self._lock, self.plans._lock:
             plan = self.plans.get(plan_id)
+            plan.state.check_transition(PlanState.APPLYING)
+            row = None
             if changeset_id is not None:
                 row = self._changesets.get(check_id(changeset_id, "changeset_id"))
                 if row is None or row.plan_id != plan.id:
                     raise NotFoundError(f"changeset {changeset_id} of plan {plan.id} not found")
-                if row.cleaned_at is not None:
-                    raise StateTransitionError(
-                        f"the staged work of plan {plan.id} was cleaned up; there is nothing "
-                        "to apply"
-                    )
-                if len(row.entries) != through_seq:
-                    raise StateTransitionError(
-                        f"plan {plan.id} recorded {len(row.entries) - through_seq} more "
-                        "change(s) while its apply was being prepared; nothing was written. "
-                        "Apply it again to include them"
-                    )
-            if plan.current_changeset_id != changeset_id:
-                raise StateTransitionError(
-                    f"plan {plan.id} started another changeset while its apply was being "
-                    "prepared; nothing was written. Apply it again"
-                )
+            check_snapshot(
+                plan.id,
+                changeset_id=changeset_id,
+                current_changeset_id=plan.current_changeset_id,
+                cleaned=row is not None and row.cleaned_at is not None,
+                entries=len(row.entries) if row is not None else 0,
+                through_seq=through_seq,
+            )
             self.plans.transition(plan.id, PlanState.APPLYING)
             record = ApplyRecord(
                 id=new_id(),

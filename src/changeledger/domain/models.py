@@ -127,6 +127,33 @@ RECORDABLE_STATES: frozenset[PlanState] = frozenset(
 )
 
 
+def check_snapshot(
+    plan_id: str,
+    *,
+    changeset_id: str | None,
+    current_changeset_id: str | None,
+    cleaned: bool,
+    entries: int,
+    through_seq: int,
+) -> None:
+    """Raise ``StateTransitionError`` unless the plan's changeset is still the one an apply
+    read, holding exactly the entries it read (checked when the apply begins)."""
+    if cleaned:
+        raise StateTransitionError(
+            f"the staged work of plan {plan_id} was cleaned up; there is nothing to apply"
+        )
+    if current_changeset_id != changeset_id:
+        raise StateTransitionError(
+            f"plan {plan_id} started another changeset while its apply was being prepared; "
+            "nothing was written. Apply it again"
+        )
+    if entries != through_seq:
+        raise StateTransitionError(
+            f"plan {plan_id} recorded {entries - through_seq} more change(s) while its apply "
+            "was being prepared; nothing was written. Apply it again to include them"
+        )
+
+
 def check_recordable(plan_id: str, state: PlanState) -> None:
     """Raise ``StateTransitionError`` unless the plan in ``state`` takes more changes."""
     if state not in RECORDABLE_STATES:

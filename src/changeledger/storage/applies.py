@@ -25,6 +25,7 @@ from changeledger.domain.models import (
     ApplyRecord,
     ApplyState,
     PlanState,
+    check_snapshot,
 )
 from changeledger.storage.models import Base
 from changeledger.storage.tables import CHANGESETS, PLANS
@@ -61,6 +62,7 @@ def begin(
     done = conn.execute(select(APPLIES.c.id).where(APPLIES.c.id == apply_id)).scalar()
     if done is not None:  # an earlier attempt committed it; its reply was lost
         return load(conn, apply_id)
+    entries, cleaned = 0, False
     if changeset_id is not None:
         row = conn.execute(
             select(CHANGESETS.c.entry_count, CHANGESETS.c.cleaned_at, CHANGESETS.c.plan_id)
@@ -69,16 +71,7 @@ def begin(
         ).one_or_none()
         if row is None or row.plan_id != plan_id:
             raise NotFoundError(f"changeset {changeset_id} of plan {plan_id} not found")
-        if row.cleaned_at is not None:
-            raise StateTransitionError(
-                f"the staged work of plan {plan_id} was cleaned up; there is nothing to apply"
-            )
-        if row.entry_count != through_seq:
-            raise StateTransitionError(
-                f"plan {plan_id} recorded {row.entry_count - through_seq} more change(s) "
-                "while its apply was being prepared; nothing was written. Apply it again "
-                "to include them"
-            )
+        entries, cleaned = row.entry_count, row.cleaned_at is not None
     plan = conn.execute(
         select(PLANS.c.state, PLANS.c.current_changeset_id)
         .where(PLANS.c.id == plan_id)
@@ -87,11 +80,14 @@ def begin(
     if plan is None:
         raise NotFoundError(f"plan {plan_id} not found")
     PlanState(plan.state).check_transition(PlanState.APPLYING)
-    if plan.current_changeset_id != changeset_id:
-        raise StateTransitionError(
-            f"plan {plan_id} started another changeset while its apply was being prepared; "
-            "nothing was written. Apply it again"
-        )
+    check_snapshot(
+        plan_id,
+        changeset_id=changeset_id,
+        current_changeset_id=plan.current_changeset_id,
+        cleaned=cleaned,
+        entries=entries,
+        through_seq=through_seq,
+    )
     conn.execute(
         update(PLANS)
         .where(PLANS.c.id == plan_id)
