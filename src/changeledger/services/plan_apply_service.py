@@ -64,7 +64,6 @@ from changeledger.workspace.apply import (
     rollback,
 )
 from changeledger.workspace.confine import Workspace
-from changeledger.workspace.fsroot import FsRoot
 from changeledger.workspace.locks import execution_lock, workspace_lock
 
 log = get_logger("changeledger.apply")
@@ -366,11 +365,11 @@ class PlanApplyService:
             return
         if journal is None:  # killed before its record was written: nothing was touched
             if ours and plan is not None:
-                self._remove(workspace, name)
+                discard_journal(workspace, name)
                 self._interrupted(plan.id, _NOTHING_WRITTEN)
                 report.rolled_back.append(plan.id)
             elif plan is not None:  # one of this ledger's plans: an apply that never began
-                self._remove(workspace, name)
+                discard_journal(workspace, name)
                 report.finished.append(plan.id)
             else:
                 self._leave(report, where, "an empty journal folder of no apply running here")
@@ -478,11 +477,6 @@ class PlanApplyService:
                 f"plan {plan.id} has an apply journal in {workspace.root} that another "
                 "process is handling; try again when it has finished"
             )
-
-    @staticmethod
-    def _remove(workspace: Workspace, name: str) -> None:
-        with FsRoot(workspace.root) as fs:
-            fs.rmtree(journal_folder(name))
 
     def _plan(self, name: str) -> Plan | None:
         try:

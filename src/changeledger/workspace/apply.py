@@ -300,11 +300,6 @@ def _blocked_parent(fs: FsRoot, path: str, deleted: set[str]) -> str | None:
     return None
 
 
-def check_preconditions(workspace: Workspace, changes: Sequence[NetChange]) -> list[Conflict]:
-    """Every path whose current state differs from the plan's staged base."""
-    return plan_writes(workspace, changes)[1]
-
-
 # -- the journal ------------------------------------------------------------------------------
 
 
@@ -1012,10 +1007,3 @@ def _is_original(fs: FsRoot, target: str, backup: str) -> bool:
         return a is not None and b is not None and a[0] == b[0]
     except OSError:
         return False
-
-
-def loader_for(read_blob: Callable[[str], bytes]) -> Callable[[Iterable[str]], dict[str, bytes]]:
-    def load(digests: Iterable[str]) -> dict[str, bytes]:
-        return {digest: read_blob(digest) for digest in set(digests)}
-
-    return load
