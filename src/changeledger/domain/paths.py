@@ -34,10 +34,10 @@ MAX_NAME_BYTES = 255
 SHOWN_CHARS = 120
 
 
-def shown(value: object) -> str:
-    """``value`` quoted for an error message, its middle cut when it is long: a 4,000-byte
-    path must not turn a one-line error into a screenful."""
-    text = repr(value)
+def shown(value: object, *, quote: bool = True) -> str:
+    """``value`` for an error message (quoted unless ``quote`` is false), its middle cut
+    when it is long: a 4,000-byte path must not turn a one-line error into a screenful."""
+    text = repr(value) if quote else str(value)
     if len(text) <= SHOWN_CHARS:
         return text
     half = (SHOWN_CHARS - 5) // 2

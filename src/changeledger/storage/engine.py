@@ -5,6 +5,7 @@ No engine is built at import time: callers ask ``create_ledger_engine`` for one.
 
 from __future__ import annotations
 
+import errno
 import os
 import sqlite3
 import stat
@@ -168,9 +169,17 @@ def _check_access(candidate: Path, ledger: Path) -> None:
         return
     except OSError as exc:
         raise StorageError(f"cannot open the ledger {ledger}: {exc.strerror or exc}") from exc
-    if os.access(candidate, os.R_OK | os.W_OK) or info.st_uid == os.geteuid():
-        return  # ours (an immutable file, a read-only mount): the driver's error says why
-    raise StorageError(f"cannot open the ledger {ledger}: {denied(candidate, info)}")
+    try:
+        fd = os.open(candidate, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except PermissionError as exc:
+        if exc.errno == errno.EACCES:  # not this user's: say whose it is
+            raise StorageError(
+                f"cannot open the ledger {ledger}: {denied(candidate, info)}"
+            ) from exc
+        return  # EPERM: an immutable file; the driver's error says what failed
+    except OSError:
+        return  # a read-only mount and the like: the driver's error says what failed
+    os.close(fd)
 
 
 def create_ledger_engine(url: URL | str, *, echo: bool = False, create: bool = True) -> Engine:

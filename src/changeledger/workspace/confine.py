@@ -70,7 +70,7 @@ class Workspace:
         parts = rel.split("/")
         for index, part in enumerate(parts):
             current = current / part
-            link = "/".join(parts[: index + 1])
+            link = shown("/".join(parts[: index + 1]), quote=False)
             try:
                 if not current.is_symlink():
                     if not current.exists():
@@ -86,11 +86,12 @@ class Workspace:
                     ) from exc
                 reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
                 raise WorkspaceError(
-                    f"{name} {shown(rel)} cannot be followed at {shown(link)}: {reason}", field=name
+                    f"{name} {shown(rel)} cannot be followed at {link}: {reason}",
+                    field=name,
                 ) from exc
             if not _inside(resolved, self.root):
                 raise WorkspaceError(
-                    f"{name} {shown(rel)} leads through the symlink {shown(link)} to outside "
+                    f"{name} {shown(rel)} leads through the symlink {link} to outside "
                     "the workspace",
                     field=name,
                 )
@@ -99,8 +100,7 @@ class Workspace:
                 reserved = reserved_name(segment)
                 if reserved is not None:
                     raise WorkspaceError(
-                        f"{name} {shown(rel)} leads through the symlink {shown(link)} into "
-                        f"{reserved}/",
+                        f"{name} {shown(rel)} leads through the symlink {link} into {reserved}/",
                         field=name,
                     )
         return target
