@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import subprocess
 import sys
 import time
@@ -465,6 +466,7 @@ def check_run_racing_apply(label: str, server: URL | None, work: Path, rounds: i
     applied and still applicable (and then applies with everything)."""
     script = Path(sys.executable).with_name("changeledger")
     outcomes: Counter[str] = Counter()
+    rng = random.Random(9)  # noqa: S311 - timing, not secrets
     started = time.perf_counter()
     for number in range(rounds):
         root = work / f"race-{number}" / "ws"
@@ -477,14 +479,19 @@ def check_run_racing_apply(label: str, server: URL | None, work: Path, rounds: i
             [str(script), *db, "plan", "run", str(run_file(work, number)), "--plan", plan_id],
             [str(script), *db, "plan", "apply", plan_id],
         ]
+        # Either one gets a head start of up to half a second (a CLI start and a run of
+        # the plan take about that), so every interleaving comes up.
         if number % 2:
-            commands.reverse()  # either one may get a head start
-        children = [
-            subprocess.Popen(
-                command, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            commands.reverse()
+        children = []
+        for command in commands:
+            children.append(
+                subprocess.Popen(
+                    command, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+                )
             )
-            for command in commands
-        ]
+            if len(children) == 1:
+                time.sleep(rng.uniform(0, 0.5))
         results: dict[str, tuple[int, str]] = {}
         for command, child in zip(commands, children, strict=True):
             _, stderr = child.communicate(timeout=TIMEOUT)
