@@ -388,3 +388,18 @@ def test_a_path_too_long_for_the_os_is_exit_2_with_a_short_message(tmp_path: Pat
     [line] = done.stderr.splitlines()
     assert "too long for the file system" in line
     assert len(line) < 400, line  # the plan file, the step, the path cut to 120
+
+
+def test_lock_files_never_follow_a_symlink_out(ledger: Ledger, root: Path, tmp_path: Path) -> None:
+    (root / "a.txt").write_text("a\n")
+    plan_id = run(ledger, root, ("write_file", {"path": "a.txt", "content": "b\n"}))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    exec_dir = root / LEDGER_DIR / "exec"
+    if exec_dir.exists():
+        exec_dir.rmdir()
+    exec_dir.symlink_to(elsewhere)
+    with pytest.raises(ValidationError, match="is a symlink"):
+        apply(ledger, plan_id)
+    assert list(elsewhere.iterdir()) == []
+    assert (root / "a.txt").read_text() == "a\n"

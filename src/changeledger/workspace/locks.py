@@ -15,7 +15,7 @@ import stat
 from collections.abc import Iterator
 from pathlib import Path
 
-from changeledger.storage.locate import make_ledger_dir
+from changeledger.storage.locate import check_not_symlink, make_ledger_dir
 from changeledger.workspace.confine import Workspace
 
 #: Held for the whole of an apply (and by recovery) in a workspace.
@@ -117,10 +117,15 @@ def execution_lock(workspace: Workspace, plan_id: str) -> Iterator[bool | None]:
     except OSError:
         yield None
         return
+    check_not_symlink(directory, "the execution lock directory")
     path = directory / f"{plan_id}.lock"
     while True:
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, stat.S_IRUSR | stat.S_IWUSR)
+            fd = os.open(
+                path,
+                os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                stat.S_IRUSR | stat.S_IWUSR,
+            )
         except OSError:
             yield None
             return
