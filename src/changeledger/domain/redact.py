@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import codecs
 import fnmatch
+import functools
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -213,6 +214,27 @@ _KEY_NOISE = re.compile(r"[\s_.\-]")
 _CHUNKS = re.compile(r"[A-Z]?[a-z0-9]+|[A-Z0-9]+(?![a-z])")
 
 
+def _compile(pattern: str) -> re.Pattern[str]:
+    """A redaction pattern: a regular expression with at most one group."""
+    try:
+        compiled = re.compile(pattern)
+    except re.error as exc:
+        raise ValidationError(
+            f"redaction pattern {pattern!r} is not a regular expression: {exc}",
+            field="patterns",
+        ) from exc
+    if compiled.groups > 1:
+        raise ValidationError(
+            f"redaction pattern {pattern!r} may have at most one group", field="patterns"
+        )
+    return compiled
+
+
+@functools.cache
+def _builtin_tokens() -> tuple[tuple[str, re.Pattern[str]], ...]:
+    return tuple((kind, _compile(pattern)) for kind, pattern in TOKEN_PATTERNS)
+
+
 def _lower(text: str) -> str:
     """``text`` lower-cased, each character staying one (``İ`` lower-cases to two)."""
     if text.isascii():
@@ -234,28 +256,14 @@ class Redactor:
     sensitive_files: tuple[str, ...] = ()
     _keys: frozenset[str] = field(init=False, repr=False, compare=False)
     _words: tuple[str, ...] = field(init=False, repr=False, compare=False)
-    _tokens: tuple[tuple[str, re.Pattern[str]], ...] = field(init=False, repr=False, compare=False)
+    _custom: tuple[tuple[str, re.Pattern[str]], ...] = field(init=False, repr=False, compare=False)
     _files: re.Pattern[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        tokens: list[tuple[str, re.Pattern[str]]] = []
-        custom = [("custom", p) for p in self.patterns]
-        for kind, pattern in (*TOKEN_PATTERNS, *custom):
-            try:
-                compiled = re.compile(pattern)
-            except re.error as exc:
-                raise ValidationError(
-                    f"redaction pattern {pattern!r} is not a regular expression: {exc}",
-                    field="patterns",
-                ) from exc
-            if compiled.groups > 1:
-                raise ValidationError(
-                    f"redaction pattern {pattern!r} may have at most one group", field="patterns"
-                )
-            tokens.append((kind, compiled))
-        # One pass per pattern: an alternation of them all would scan every position of
-        # a large text with each of them (ten times slower than these literal-led passes).
-        object.__setattr__(self, "_tokens", tuple(tokens))
+        # The user's patterns are checked now (a bad one is an error at once); the
+        # built-in ones are compiled on first use, so a command that only asks which
+        # files are sensitive (a review) does not pay for them.
+        object.__setattr__(self, "_custom", tuple(("custom", _compile(p)) for p in self.patterns))
         keys = [k for k in self.keys if k.strip()]
         object.__setattr__(self, "_keys", frozenset(_normal(k) for k in keys))
         # A user's name is found in text by its longest word: "session_ref" by "session".
@@ -266,6 +274,12 @@ class Redactor:
         # One regular expression for every glob: a diff asks about every file it shows.
         files = "|".join(f"(?:{fnmatch.translate(glob)})" for glob in globs)
         object.__setattr__(self, "_files", re.compile(files))
+
+    @property
+    def _tokens(self) -> tuple[tuple[str, re.Pattern[str]], ...]:
+        # One pass per pattern: an alternation of them all would scan every position of
+        # a large text with each of them (ten times slower than these literal-led passes).
+        return (*_builtin_tokens(), *self._custom)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Redactor:
