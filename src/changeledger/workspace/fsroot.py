@@ -20,6 +20,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 
+from changeledger.workspace.walk import remove_at
+
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -291,32 +293,7 @@ class FsRoot:
     def rmtree(self, rel: str) -> None:
         """Remove directory ``rel`` and everything in it, never following a symlink."""
         with self.parent(rel) as (fd, name):
-            _rmtree_at(fd, name)
-
-
-def _rmtree_at(parent_fd: int, name: str) -> None:
-    try:
-        fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
-    except FileNotFoundError:
-        return
-    except OSError as exc:
-        if exc.errno in (errno.ENOTDIR, errno.ELOOP):
-            os.unlink(name, dir_fd=parent_fd)
-            return
-        raise
-    try:
-        with os.scandir(fd) as entries:
-            names = [(entry.name, entry.is_dir(follow_symlinks=False)) for entry in entries]
-        for child, is_dir in names:
-            if is_dir:
-                _rmtree_at(fd, child)
-            else:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(child, dir_fd=fd)
-    finally:
-        os.close(fd)
-    with contextlib.suppress(FileNotFoundError):
-        os.rmdir(name, dir_fd=parent_fd)
+            remove_at(fd, name)
 
 
 def write_all(fd: int, data: bytes) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import errno
 import os
 import stat
 from collections.abc import Iterator
@@ -196,20 +197,30 @@ def remove_tree(path: str | os.PathLike[str]) -> None:
     """Remove the directory ``path`` and everything in it, at any depth, even where the
     modes deny it (the owner may always change them). A missing ``path`` is no error."""
     absolute = Path(path).absolute()
-    name = absolute.name
     parent_fd = os.open(absolute.parent, _DIR_FLAGS)
     try:
-        try:
-            top = _open_dir(name, parent_fd)
-        except FileNotFoundError:
-            return
-        try:
-            _empty(top)
-        finally:
-            os.close(top)
-        os.rmdir(name, dir_fd=parent_fd)
+        remove_at(parent_fd, absolute.name)
     finally:
         os.close(parent_fd)
+
+
+def remove_at(parent_fd: int, name: str) -> None:
+    """``remove_tree`` of ``name`` in the directory open as ``parent_fd``; a file or a
+    symlink there is unlinked (never followed). A missing ``name`` is no error."""
+    try:
+        top = _open_dir(name, parent_fd)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        if exc.errno not in (errno.ENOTDIR, errno.ELOOP):
+            raise
+        os.unlink(name, dir_fd=parent_fd)
+        return
+    try:
+        _empty(top)
+    finally:
+        os.close(top)
+    os.rmdir(name, dir_fd=parent_fd)
 
 
 def _empty(top: int) -> None:
