@@ -36,7 +36,7 @@ from changeledger.domain.errors import (
     ValidationError,
 )
 from changeledger.domain.ids import new_id
-from changeledger.domain.models import PlanState, sha256_hex
+from changeledger.domain.models import FileKind, PlanState, sha256_hex
 from changeledger.domain.store import ChangeSetReader, PlanReader
 from changeledger.services.review import ReviewService
 from changeledger.storage.locate import sqlite_file
@@ -108,6 +108,23 @@ def plans(root: Path, db: Path) -> dict[str, str]:
                 ),
                 FileChange(
                     "key.txt", ChangeOperation.MODIFY, b"k\n", b"K\n", mode=0o600, before_mode=0o640
+                ),
+                FileChange(
+                    "latest", ChangeOperation.CREATE, after=b"new.txt", kind=FileKind.SYMLINK
+                ),
+                FileChange(
+                    "venv/python",
+                    ChangeOperation.CREATE,
+                    after=b"/usr/bin/python3",
+                    kind=FileKind.SYMLINK,
+                ),
+                FileChange(
+                    "was-link",
+                    ChangeOperation.MODIFY,
+                    b"target",
+                    b"a file now\n",
+                    kind=FileKind.FILE,
+                    before_kind=FileKind.SYMLINK,
                 ),
             ],
         )

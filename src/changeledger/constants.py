@@ -11,6 +11,6 @@ LEDGER_FILE = "ledger.db"
 #: Apply journals inside ``LEDGER_DIR``: ``journal/<plan id>/``.
 JOURNAL_DIR = "journal"
 #: The Alembic revision this version of changeledger writes and reads.
-SCHEMA_HEAD = "0003"
+SCHEMA_HEAD = "0004"
 #: Milliseconds SQLite waits on a lock held by another process before reporting it busy.
 SQLITE_BUSY_TIMEOUT_MS = 10_000

@@ -163,6 +163,33 @@ def check_recordable(plan_id: str, state: PlanState) -> None:
         )
 
 
+class FileKind(enum.StrEnum):
+    """What a path holds, as git sees it: a regular file, or a symlink whose content is
+    its target (git's mode 120000). A symlink is data: never followed."""
+
+    FILE = "file"
+    SYMLINK = "symlink"
+
+
+#: Longest symlink target kept, in bytes (PATH_MAX less its NUL).
+MAX_LINK_TARGET = 4095
+#: The permission bits a symlink shows (Linux); a symlink records no mode of its own.
+LINK_MODE = 0o777
+
+
+def check_link_target(target: bytes, name: str = "target") -> bytes:
+    """``target`` if it can be a symlink's target, else ``ValidationError``."""
+    if not target:
+        raise ValidationError(f"a symlink's {name} must not be empty", field=name)
+    if b"\x00" in target:
+        raise ValidationError(f"a symlink's {name} contains a NUL byte", field=name)
+    if len(target) > MAX_LINK_TARGET:
+        raise ValidationError(
+            f"a symlink's {name} is longer than {MAX_LINK_TARGET} bytes", field=name
+        )
+    return target
+
+
 class ChangeOperation(enum.StrEnum):
     """What one change entry did to a file."""
 
@@ -240,6 +267,10 @@ class FileChange:
     tool_invocation_id: str | None = None
     tool_name: str | None = None
     before_mode: int | None = None
+    #: What the path holds after the change, and before it (``None``: the same as
+    #: ``kind``). A symlink's content is its target, and it has no mode of its own.
+    kind: FileKind = FileKind.FILE
+    before_kind: FileKind | None = None
 
     def validated(self) -> FileChange:
         """Return a copy with normalised paths, or raise ``ValidationError``."""
@@ -272,9 +303,36 @@ class FileChange:
                 "never writes setuid, setgid or sticky files",
                 field="mode",
             )
+        kind, before_kind = self._kinds(op)
         return replace(
-            self, operation=op, path=path, old_path=old_path, tool_invocation_id=invocation_id
+            self,
+            operation=op,
+            path=path,
+            old_path=old_path,
+            tool_invocation_id=invocation_id,
+            kind=kind,
+            before_kind=before_kind,
+            mode=None if kind is FileKind.SYMLINK else self.mode,
+            before_mode=None if (before_kind or kind) is FileKind.SYMLINK else self.before_mode,
         )
+
+    def _kinds(self, op: ChangeOperation) -> tuple[FileKind, FileKind | None]:
+        """The kinds after and before, checked: a symlink's target must be one."""
+        try:
+            kind = FileKind(self.kind)
+            given = None if self.before_kind is None else FileKind(self.before_kind)
+        except ValueError as exc:
+            raise ValidationError(
+                f"kind {self.kind!r} is not one of file, symlink", field="kind"
+            ) from exc
+        before_kind = given or kind  # unsaid: the same kind as after
+        if op is ChangeOperation.RENAME and before_kind is not kind:
+            raise ValidationError("a rename keeps what the path is (file or symlink)", "kind")
+        if kind is FileKind.SYMLINK and self.after is not None:
+            check_link_target(self.after, "after")
+        if before_kind is FileKind.SYMLINK and self.before is not None:
+            check_link_target(self.before, "before")
+        return kind, given
 
     def _check_contents(self, op: ChangeOperation) -> None:
         """Which sides must hold content: create has no before, delete no after."""
@@ -327,6 +385,10 @@ class ChangeEntry:
     created_at: datetime
     #: Permission bits before the change, when known (``mode`` is the bits after it).
     before_mode: int | None = None
+    #: What the path holds after the change (``None`` for a delete) and before it
+    #: (``None`` for a create). Entries recorded before kinds existed read as files.
+    kind: FileKind | None = FileKind.FILE
+    before_kind: FileKind | None = None
 
 
 @dataclass(frozen=True)
@@ -450,6 +512,8 @@ class ApplyFile:
     after_hash: str | None
     before_mode: int | None
     after_mode: int | None
+    before_kind: FileKind | None = None
+    after_kind: FileKind | None = None
 
 
 @dataclass(frozen=True)
@@ -513,4 +577,6 @@ def build_entry(
         tool_name=change.tool_name,
         created_at=created_at,
         before_mode=change.before_mode,
+        kind=None if after is None else FileKind(change.kind),
+        before_kind=None if before is None else FileKind(change.before_kind or change.kind),
     )

@@ -54,6 +54,61 @@ def _git_mode(mode: int | None) -> str:
     return "100755" if mode is not None and mode & 0o111 else "100644"
 
 
+#: git's mode of a symlink: its content is its target.
+LINK_GIT_MODE = "120000"
+
+
+def _side_mode(diff: FileDiff, side: int) -> str:
+    """git's mode of one side (0: before, 1: after): ``120000`` for a symlink."""
+    if diff.kinds()[side] == "symlink":
+        return LINK_GIT_MODE
+    return _git_mode(diff.modes()[side])
+
+
+def type_changed(diff: FileDiff) -> bool:
+    """A file turned into a symlink, or the reverse: git shows a delete and a create."""
+    before, after = diff.kinds()
+    return before is not None and after is not None and before != after
+
+
+def split_type_change(diff: FileDiff) -> tuple[FileDiff, FileDiff]:
+    """``diff`` (a type change) as git writes it: the old one deleted, the new one made.
+    Needs the contents (keep_content)."""
+    from dataclasses import replace
+
+    from changeledger.services.review import text_hunks
+
+    gone_hunks, _, gone_lines = ((), 0, 0) if diff.binary else text_hunks(diff.before or b"", b"")
+    made_hunks, made_lines, _ = ((), 0, 0) if diff.binary else text_hunks(b"", diff.after or b"")
+    gone = replace(
+        diff,
+        operation="delete",
+        path=diff.old_path or diff.path,
+        old_path=None,
+        after_hash=None,
+        after_size=None,
+        after=None,
+        kind=None,
+        hunks=gone_hunks,
+        insertions=0,
+        deletions=gone_lines,
+    )
+    made = replace(
+        diff,
+        operation="create",
+        old_path=None,
+        before_hash=None,
+        before_size=None,
+        before=None,
+        old_kind=None,
+        old_mode=None,
+        hunks=made_hunks,
+        insertions=made_lines,
+        deletions=0,
+    )
+    return gone, made
+
+
 #: The only permission bits a patch carries: git applies 100644 as 0644 and 100755 as 0755.
 _GIT_MODES = (0o644, 0o755)
 
@@ -61,7 +116,7 @@ _GIT_MODES = (0o644, 0o755)
 def _mode_lines(diff: FileDiff) -> list[str]:
     """``old mode``/``new mode`` when the exec bit changed (the only bit git keeps)."""
     before, after = diff.modes()
-    if diff.operation not in ("modify", "rename") or before is None:
+    if diff.operation not in ("modify", "rename") or before is None or "symlink" in diff.kinds():
         return []
     old, new = _git_mode(before), _git_mode(after)
     return [] if old == new else [f"old mode {old}", f"new mode {new}"]
@@ -119,16 +174,15 @@ def quote(prefix: str, path: str, *, readable: bool = False) -> str:
 
 def _header(diff: FileDiff, *, full_index: bool, readable: bool) -> list[str]:
     old = diff.old_path or diff.path
-    before, after = diff.modes()
     lines = [
         f"diff --git {quote('a/', old, readable=readable)} "
         f"{quote('b/', diff.path, readable=readable)}"
     ]
     lines += _mode_lines(diff)
     if diff.operation == "create":
-        lines.append(f"new file mode {_git_mode(after)}")
+        lines.append(f"new file mode {_side_mode(diff, 1)}")
     elif diff.operation == "delete":
-        lines.append(f"deleted file mode {_git_mode(before)}")
+        lines.append(f"deleted file mode {_side_mode(diff, 0)}")
     elif diff.operation == "rename":
         lines += [
             f"similarity index {similarity(diff)}%",
@@ -141,7 +195,9 @@ def _header(diff: FileDiff, *, full_index: bool, readable: bool) -> list[str]:
             old_id, new_id = old_id[:7], new_id[:7]
         same_mode = not _mode_lines(diff)
         suffix = (
-            f" {_git_mode(after)}" if diff.operation in ("modify", "rename") and same_mode else ""
+            f" {_side_mode(diff, 1)}"
+            if diff.operation in ("modify", "rename") and same_mode
+            else ""
         )
         lines.append(f"index {old_id}..{new_id}{suffix}")
     return lines
@@ -188,6 +244,8 @@ def patch_text(diff: FileDiff) -> str:
     file's exact bytes); needs the contents (keep_content). A change of permission bits
     that git's 100644/100755 cannot carry is noted in a comment line before it (and is all
     there is of a file whose only change it is)."""
+    if type_changed(diff):
+        return "".join(patch_text(part) for part in split_type_change(diff))
     note = mode_note(diff, for_git=True)
     lines = [note] if note else []
     if _says_nothing(diff):
@@ -208,8 +266,14 @@ def plain_text(diff: FileDiff) -> str:
     noted (``# mode change 0644 => 0600 name``), names quoted as git quotes them but with
     readable UTF-8, lines with escapes for what a terminal would act on, and binary files
     as a line with sizes and hashes."""
+    if type_changed(diff) and (diff.before is not None or diff.after is not None):
+        return "".join(plain_text(part) for part in split_type_change(diff))
     note = mode_note(diff)
     lines = [note] if note else []
+    if diff.link_outside:
+        lines.append(
+            f"# symlink {quote('', diff.path, readable=True)} points outside the workspace"
+        )
     if _says_nothing(diff):
         return "\n".join(lines) + "\n"
     lines += _header(diff, full_index=False, readable=True)
@@ -355,6 +419,9 @@ def file_data(diff: FileDiff, *, hunks: bool = True) -> dict[str, Any]:
         "masked": diff.masked,
         "old_mode": octal_mode(old_mode),
         "new_mode": octal_mode(new_mode),
+        "old_kind": diff.kinds()[0],
+        "kind": diff.kinds()[1],
+        "link_outside": diff.link_outside,
         "hunks": [
             {
                 "old_start": h.old_start,

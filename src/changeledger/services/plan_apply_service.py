@@ -570,6 +570,8 @@ def _apply_files(planned: Sequence[PlannedChange], skipped: Sequence[NetChange])
             after_hash=item.change.after_hash,
             before_mode=item.current_mode,
             after_mode=item.mode,
+            before_kind=item.change.before_kind,
+            after_kind=item.change.kind,
         )
         for item in planned
     ]
@@ -582,6 +584,8 @@ def _apply_files(planned: Sequence[PlannedChange], skipped: Sequence[NetChange])
             after_hash=change.after_hash,
             before_mode=change.before_mode,
             after_mode=change.mode if change.after_hash is not None else None,
+            before_kind=change.before_kind,
+            after_kind=change.kind,
         )
         for change in skipped
     )

@@ -75,6 +75,26 @@ class FileDiff:
     after: bytes | None = field(default=None, repr=False, compare=False)
     #: A sensitive file (``.env``, keys...) whose lines are masked in ``hunks``.
     masked: bool = False
+    #: What the path holds after and before: ``"file"`` or ``"symlink"`` (whose content,
+    #: its target, is what the hunks show, as git shows it); ``None`` on an absent side.
+    kind: str | None = None
+    old_kind: str | None = None
+    #: A symlink whose target leaves the workspace (absolute, or climbing out with ``..``):
+    #: kept as the link it is, and flagged for the reviewer.
+    link_outside: bool = False
+
+    def kinds(self) -> tuple[str | None, str | None]:
+        """The kinds before and after (``None`` where the path is absent)."""
+        before = None if self.operation == "create" else (self.old_kind or "file")
+        after = None if self.operation == "delete" else (self.kind or "file")
+        return before, after
+
+    @property
+    def link_target(self) -> str | None:
+        """The symlink's target after the change, as text (``None``: not a symlink)."""
+        if self.kind != "symlink" or self.after is None:
+            return None
+        return self.after.decode("utf-8", "backslashreplace")
 
     def modes(self) -> tuple[int | None, int | None]:
         """The permission bits before and after the change: ``None`` where the file is
@@ -84,6 +104,22 @@ class FileDiff:
         if self.operation == "delete":
             return (self.mode if before is None else before), None
         return before, self.mode
+
+
+def link_leaves(path: str, target: bytes) -> bool:
+    """Whether a symlink at workspace path ``path`` pointing at ``target`` names something
+    outside the workspace (an absolute target, or one that climbs above the root)."""
+    if target.startswith(b"/"):
+        return True
+    depth = path.count("/")  # directories between the root and the link
+    for part in target.split(b"/"):
+        if part == b"..":
+            depth -= 1
+            if depth < 0:
+                return True
+        elif part not in (b"", b"."):
+            depth += 1
+    return False
 
 
 def octal_mode(mode: int | None) -> str | None:
@@ -105,6 +141,8 @@ class _Track:
     tool_name: str | None
     binary: bool
     base_mode: int | None = None
+    base_kind: str | None = None
+    kind: str | None = None
 
 
 def net_files(entries: Iterable[ChangeEntry]) -> list[_Track]:
@@ -126,6 +164,7 @@ def net_files(entries: Iterable[ChangeEntry]) -> list[_Track]:
                     None,
                     False,
                     entry.before_mode,
+                    _kind(entry.before_kind),
                 )
                 tracks.append(track)
             track.path = entry.path
@@ -143,11 +182,13 @@ def net_files(entries: Iterable[ChangeEntry]) -> list[_Track]:
                     None,
                     False,
                     entry.before_mode,
+                    _kind(entry.before_kind),
                 )
                 tracks.append(track)
         track.final_hash = entry.after_hash
         track.final_size = entry.after_size
         track.mode = entry.mode
+        track.kind = _kind(entry.kind)
         track.tool_name = entry.tool_name
         track.binary = track.binary or entry.binary
         if entry.after_hash is None:
@@ -158,12 +199,21 @@ def net_files(entries: Iterable[ChangeEntry]) -> list[_Track]:
         t
         for t in tracks
         if not (t.base_hash is None and t.final_hash is None)
-        and not (t.origin == t.path and t.base_hash == t.final_hash and not _mode_changed(t))
+        and not (
+            t.origin == t.path
+            and t.base_hash == t.final_hash
+            and t.base_kind == t.kind
+            and not _mode_changed(t)
+        )
     ]
 
 
 def _mode_changed(track: _Track) -> bool:
     return None not in (track.base_mode, track.mode) and track.base_mode != track.mode
+
+
+def _kind(kind: object) -> str | None:
+    return None if kind is None else str(kind)
 
 
 def text_hunks(before: bytes, after: bytes) -> tuple[tuple[DiffHunk, ...], int, int]:
@@ -317,6 +367,8 @@ class ReviewService:
                 "after_size": e.after_size,
                 "mode": e.mode,
                 "old_mode": e.before_mode,
+                "kind": _kind(e.kind),
+                "old_kind": _kind(e.before_kind),
                 "binary": e.binary,
                 "tool_name": e.tool_name,
                 "seq": e.seq,
@@ -348,6 +400,8 @@ class ReviewService:
                     "after_size": track.final_size,
                     "mode": track.mode,
                     "old_mode": track.base_mode,
+                    "kind": track.kind,
+                    "old_kind": track.base_kind,
                     "binary": track.binary,
                     "tool_name": track.tool_name,
                     "seq": None,
@@ -392,6 +446,11 @@ class ReviewService:
             after_size=item["after_size"],
             mode=item["mode"],
             old_mode=item["old_mode"],
+            kind=item["kind"],
+            old_kind=item["old_kind"],
+            link_outside=item["kind"] == "symlink"
+            and after is not None
+            and link_leaves(item["path"], after),
             insertions=insertions,
             deletions=deletions,
             hunks=hunks,
@@ -514,10 +573,15 @@ def _merge_replaced(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "before_hash": gone["before_hash"],
             "before_size": gone["before_size"],
             "old_mode": gone["old_mode"],
+            "old_kind": gone["old_kind"],
             "binary": item["binary"] or gone["binary"],
         }
         gone["merged"] = True
-        if modify["before_hash"] != modify["after_hash"] or modify["old_mode"] != modify["mode"]:
+        if (
+            modify["before_hash"] != modify["after_hash"]
+            or modify["old_mode"] != modify["mode"]
+            or modify["old_kind"] != modify["kind"]
+        ):
             merged.append(modify)
     return [i for i in merged if not i.get("merged")]
 

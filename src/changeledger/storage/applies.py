@@ -24,9 +24,11 @@ from changeledger.domain.models import (
     ApplyFile,
     ApplyRecord,
     ApplyState,
+    FileKind,
     PlanState,
     check_snapshot,
 )
+from changeledger.storage.mapping import stored_kind
 from changeledger.storage.models import Base
 from changeledger.storage.tables import CHANGESETS, PLANS
 
@@ -196,6 +198,8 @@ def _record(conn: Connection, row: Any) -> ApplyRecord:
                 after_hash=f.after_hash,
                 before_mode=f.before_mode,
                 after_mode=f.after_mode,
+                before_kind=stored_kind(f.before_kind, f.before_hash),
+                after_kind=stored_kind(f.after_kind, f.after_hash),
             )
             for f in files
         ),
@@ -215,4 +219,6 @@ def _file_values(apply_id: str, seq: int, file: ApplyFile) -> dict[str, Any]:
         "after_hash": file.after_hash,
         "before_mode": file.before_mode,
         "after_mode": file.after_mode,
+        "before_kind": None if file.before_kind is None else FileKind(file.before_kind).value,
+        "after_kind": None if file.after_kind is None else FileKind(file.after_kind).value,
     }

@@ -18,6 +18,7 @@ from changeledger.constants import LEDGER_DIR
 from changeledger.domain.models import (
     ChangeEntry,
     ChangeOperation,
+    FileKind,
     InvocationStatus,
     JSONValue,
     Plan,
@@ -105,6 +106,8 @@ def entry_values(entry: ChangeEntry) -> dict[str, Any]:
         "binary": entry.binary,
         "mode": entry.mode,
         "before_mode": entry.before_mode,
+        "kind": None if entry.kind is None else FileKind(entry.kind).value,
+        "before_kind": None if entry.before_kind is None else FileKind(entry.before_kind).value,
         "tool_invocation_id": entry.tool_invocation_id,
         "tool_name": entry.tool_name,
         "created_at": entry.created_at,
@@ -131,7 +134,17 @@ def entry_from_row(row: ChangeSetEntryModel | Row[Any] | SimpleNamespace) -> Cha
         tool_name=row.tool_name,
         created_at=row.created_at,
         before_mode=row.before_mode,
+        kind=stored_kind(row.kind, row.after_hash),
+        before_kind=stored_kind(row.before_kind, row.before_hash),
     )
+
+
+def stored_kind(value: str | None, digest: str | None) -> FileKind | None:
+    """A side's kind as stored: ``None`` where the side is absent; a file where an older
+    version recorded no kind."""
+    if digest is None:
+        return None
+    return FileKind(value) if value else FileKind.FILE
 
 
 def invocation_values(invocation: ToolInvocation) -> dict[str, Any]:

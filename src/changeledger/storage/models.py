@@ -121,6 +121,8 @@ class ChangeSetEntryModel(Base):
     binary: Mapped[bool] = mapped_column(Boolean)
     mode: Mapped[int | None] = mapped_column(Integer)
     before_mode: Mapped[int | None] = mapped_column(Integer)
+    kind: Mapped[str | None] = mapped_column(String(8))
+    before_kind: Mapped[str | None] = mapped_column(String(8))
     tool_invocation_id: Mapped[str | None] = mapped_column(ID, index=True)
     tool_name: Mapped[str | None] = mapped_column(String(200), index=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
@@ -199,6 +201,8 @@ class PlanApplyFileModel(Base):
     after_hash: Mapped[str | None] = mapped_column(ForeignKey("blobs.hash"), index=True)
     before_mode: Mapped[int | None] = mapped_column(Integer)
     after_mode: Mapped[int | None] = mapped_column(Integer)
+    before_kind: Mapped[str | None] = mapped_column(String(8))
+    after_kind: Mapped[str | None] = mapped_column(String(8))
 
 
 __all__ = [

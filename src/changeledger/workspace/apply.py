@@ -58,6 +58,7 @@ from changeledger.domain.models import (
     SPECIAL_MODE_BITS,
     ChangeEntry,
     ChangeOperation,
+    FileKind,
     sha256_hex,
 )
 from changeledger.domain.paths import normalize_path
@@ -91,6 +92,9 @@ class NetChange:
     before_mode: int | None = None
     #: The path a created file was moved from: it keeps its mode, as ``mv`` does.
     moved_from: str | None = None
+    #: What the path holds after (``None``: deleted) and before (``None``: absent).
+    kind: FileKind | None = None
+    before_kind: FileKind | None = None
 
     @property
     def operation(self) -> str:
@@ -134,33 +138,64 @@ class PlannedChange:
 
 def net_changes(entries: Iterable[ChangeEntry]) -> list[NetChange]:
     """Per path, the first recorded before and the last recorded after; no-ops dropped."""
-    first: dict[str, tuple[str | None, int | None]] = {}
-    last: dict[str, tuple[str | None, int | None]] = {}
+    first: dict[str, _Side] = {}
+    last: dict[str, _Side] = {}
     moved: dict[str, str] = {}
 
-    def touch(
-        path: str, before: str | None, before_mode: int | None, after: str | None, mode: int | None
-    ) -> None:
-        first.setdefault(path, (before, before_mode))
-        last[path] = (after, mode)
+    def touch(path: str, before: _Side, after: _Side) -> None:
+        first.setdefault(path, before)
+        last[path] = after
 
     for entry in entries:
+        before = _Side(
+            entry.before_hash, entry.before_mode, _kind(entry.before_kind, entry.before_hash)
+        )
+        after = _Side(entry.after_hash, entry.mode, _kind(entry.kind, entry.after_hash))
         if entry.operation is ChangeOperation.RENAME and entry.old_path is not None:
-            touch(entry.old_path, entry.before_hash, entry.before_mode, None, entry.mode)
-            touch(entry.path, None, None, entry.after_hash, entry.mode)
+            touch(entry.old_path, before, _Side(None, entry.mode, None))
+            touch(entry.path, _Side(None, None, None), after)
             moved[entry.path] = moved.pop(entry.old_path, entry.old_path)
         else:
-            touch(entry.path, entry.before_hash, entry.before_mode, entry.after_hash, entry.mode)
+            touch(entry.path, before, after)
             if entry.after_hash is None:
                 moved.pop(entry.path, None)
     changes = []
     for path in sorted(first):
-        (before, before_mode), (after, mode) = first[path], last[path]
-        mode_changed = None not in (before_mode, mode) and before_mode != mode
-        if before != after or (after is not None and mode_changed):
-            source = moved.get(path) if before is None else None
-            changes.append(NetChange(path, before, after, mode, before_mode, source))
+        start, end = first[path], last[path]
+        mode_changed = None not in (start.mode, end.mode) and start.mode != end.mode
+        if (
+            start.digest != end.digest
+            or start.kind != end.kind
+            or (end.digest is not None and mode_changed and end.kind is not FileKind.SYMLINK)
+        ):
+            source = moved.get(path) if start.digest is None else None
+            changes.append(
+                NetChange(
+                    path,
+                    start.digest,
+                    end.digest,
+                    end.mode,
+                    start.mode,
+                    source,
+                    kind=end.kind,
+                    before_kind=start.kind,
+                )
+            )
     return changes
+
+
+@dataclass(frozen=True)
+class _Side:
+    digest: str | None
+    mode: int | None
+    kind: FileKind | None
+
+
+def _kind(kind: FileKind | None, digest: str | None) -> FileKind | None:
+    """A side's kind: ``None`` where it is absent, a file where none was recorded."""
+    if digest is None:
+        return None
+    return kind or FileKind.FILE
 
 
 def current_umask() -> int:
@@ -200,82 +235,115 @@ def plan_writes(
     deleted = {c.path for c in changes if c.after_hash is None}
     with FsRoot(workspace.root) as fs:
         for change in changes:
-            state = _current(fs, change, deleted)
-            if isinstance(state, Conflict):
-                conflicts.append(state)
-                continue
-            digest, current_mode = state
-            if digest != change.before_hash:
-                reason = (
-                    "changed"
-                    if digest and change.before_hash
-                    else ("created meanwhile" if digest else "deleted meanwhile")
-                )
-                conflicts.append(Conflict(change.path, change.before_hash, digest, reason))
-                continue
-            if change.after_hash is None:
-                planned.append(PlannedChange(change, None, current_mode))
-                continue
-            if current_mode is None:
-                blocked = _blocked_parent(fs, change.path, deleted)
-                if blocked is not None:
-                    conflicts.append(Conflict(change.path, None, None, blocked))
-                    continue
-                wanted = change.mode if change.mode is not None else DEFAULT_MODE
-                if change.moved_from is None:  # a new file: the umask decides, as for any
-                    wanted = (0o600 if sensitive(change.path) else wanted) & ~mask
-                mode = wanted & 0o777
+            outcome = _plan_one(fs, change, deleted, mask, sensitive)
+            if isinstance(outcome, Conflict):
+                conflicts.append(outcome)
             else:
-                before, after = change.before_mode, change.mode
-                changes_mode = before is not None and after is not None and before != after
-                if changes_mode and current_mode != before:
-                    conflicts.append(
-                        Conflict(
-                            change.path,
-                            change.before_hash,
-                            digest,
-                            f"mode changed since staging (staged {before:04o}, "
-                            f"now {current_mode:04o}) and the plan changes it",
-                        )
-                    )
-                    continue
-                mode = (after if changes_mode and after is not None else current_mode) & 0o777
-            planned.append(PlannedChange(change, mode & ~SPECIAL_MODE_BITS, current_mode))
+                planned.append(outcome)
     return planned, conflicts
+
+
+def _plan_one(
+    fs: FsRoot,
+    change: NetChange,
+    deleted: set[str],
+    mask: int,
+    sensitive: Callable[[str], bool],
+) -> PlannedChange | Conflict:
+    state = _current(fs, change, deleted)
+    if isinstance(state, Conflict):
+        return state
+    digest, current_mode, current_kind = state
+    if digest != change.before_hash or current_kind != change.before_kind:
+        reason = _changed(digest, change.before_hash, current_kind, change.before_kind)
+        return Conflict(change.path, change.before_hash, digest, reason)
+    if digest is None and change.after_hash is not None:
+        blocked = _blocked_parent(fs, change.path, deleted)
+        if blocked is not None:
+            return Conflict(change.path, None, None, blocked)
+    return _with_mode(change, digest, current_mode, mask, sensitive)
+
+
+def _with_mode(
+    change: NetChange,
+    digest: str | None,
+    current_mode: int | None,
+    mask: int,
+    sensitive: Callable[[str], bool],
+) -> PlannedChange | Conflict:
+    """The bits ``change`` writes (see ``plan_writes``), or the conflict of its mode."""
+    if change.after_hash is None or change.kind is FileKind.SYMLINK:
+        return PlannedChange(change, None, current_mode)  # a symlink has no mode
+    if current_mode is None:  # a new file, or one that replaces a symlink
+        wanted = change.mode if change.mode is not None else DEFAULT_MODE
+        if change.moved_from is None:  # a new file: the umask decides, as for any
+            wanted = (0o600 if sensitive(change.path) else wanted) & ~mask
+        return PlannedChange(change, wanted & 0o777 & ~SPECIAL_MODE_BITS, current_mode)
+    before, after = change.before_mode, change.mode
+    changes_mode = before is not None and after is not None and before != after
+    if changes_mode and current_mode != before:
+        return Conflict(
+            change.path,
+            change.before_hash,
+            digest,
+            f"mode changed since staging (staged {before:04o}, now {current_mode:04o}) "
+            "and the plan changes it",
+        )
+    mode = (after if changes_mode and after is not None else current_mode) & 0o777
+    return PlannedChange(change, mode & ~SPECIAL_MODE_BITS, current_mode)
+
+
+def _changed(
+    digest: str | None, expected: str | None, kind: FileKind | None, wanted: FileKind | None
+) -> str:
+    """Why a path is a conflict, in words."""
+    if digest and expected and kind is not wanted and kind is not None:
+        return f"is now a {kind}, not a {wanted}"
+    if digest and expected:
+        return "changed"
+    return "created meanwhile" if digest else "deleted meanwhile"
 
 
 def _current(
     fs: FsRoot, change: NetChange, deleted: set[str]
-) -> tuple[str | None, int | None] | Conflict:
-    """The content digest and mode at ``change.path`` now (``None``s when absent, also
-    below a file the plan deletes to make a directory there)."""
+) -> tuple[str | None, int | None, FileKind | None] | Conflict:
+    """The content digest, mode and kind at ``change.path`` now (``None``s when absent,
+    also below a file the plan deletes to make a directory there). A symlink's content
+    is its target: it is never followed."""
+    absent: tuple[str | None, int | None, FileKind | None] = (None, None, None)
     try:
         info = fs.lstat(change.path)
+        kind = None if info is None else stat.S_IFMT(info.st_mode)
         if info is None:
-            return None, None
-        kind = stat.S_IFMT(info.st_mode)
+            return absent
         if kind == stat.S_IFLNK:
-            reason = "is now a symlink; changeledger never writes through a symlink"
-        elif kind == stat.S_IFDIR:
-            reason = "is now a directory"
-        elif kind != stat.S_IFREG:
-            reason = "is not a regular file"
-        elif info.st_size > MAX_FILE_BYTES:
-            return Conflict(change.path, change.before_hash, None, "changed (now too large)")
-        else:
+            return sha256_hex(fs.readlink(change.path)), None, FileKind.SYMLINK
+        reason = _not_a_file(kind, info.st_size)
+        if reason is None:
             found = fs.read(change.path)
             if found is None:
-                return None, None
-            return sha256_hex(found[0]), stat.S_IMODE(found[1].st_mode)
+                return absent
+            return sha256_hex(found[0]), stat.S_IMODE(found[1].st_mode), FileKind.FILE
     except PathBlocked as exc:
         if exc.what == "a file" and exc.at in deleted:
-            return None, None
+            return absent
         reason = str(exc)
         if exc.what == "a symlink":
             reason += "; changeledger never writes through a symlink"
     except OSError as exc:
         reason = f"cannot be read: {exc.strerror or exc}"
     return Conflict(change.path, change.before_hash, None, reason)
+
+
+def _not_a_file(kind: int | None, size: int) -> str | None:
+    """Why what lstat saw at a path is not a file the apply can check, or ``None``."""
+    if kind == stat.S_IFDIR:
+        return "is now a directory"
+    if kind != stat.S_IFREG:
+        return "is not a regular file"
+    if size > MAX_FILE_BYTES:
+        return "changed (now too large)"
+    return None
 
 
 def _blocked_parent(fs: FsRoot, path: str, deleted: set[str]) -> str | None:
@@ -317,6 +385,15 @@ class JournalStep:
     staged: str | None = None
     beside_old: str | None = None
     beside_new: str | None = None
+    #: ``"file"`` or ``"symlink"`` (a symlink's content, its target, is what the digest
+    #: names), after and before; ``None`` on an absent side.
+    kind: str | None = None
+    before_kind: str | None = None
+
+    @property
+    def links(self) -> tuple[bool, bool]:
+        """Whether the before side, and the after side, is a symlink."""
+        return self.before_kind == FileKind.SYMLINK, self.kind == FileKind.SYMLINK
 
 
 @dataclass
@@ -514,6 +591,11 @@ def _check_common(step: JournalStep, index: int) -> None:
         raise ValidationError(f"step {index} names {step.backup!r} as its backup")
     if step.staged not in (None, f"staged/{index}"):
         raise ValidationError(f"step {index} names {step.staged!r} as its staged file")
+    for name, side in (("kind", step.after), ("before_kind", step.before)):
+        given: object = getattr(step, name)
+        allowed: tuple[object, ...] = (None, *FileKind) if side is not None else (None,)
+        if given not in allowed:
+            raise ValidationError(f"step {index} has a bad {name}")
 
 
 def _check_near(path: str, beside: str, index: int) -> None:
@@ -612,6 +694,8 @@ class Applier:
             change = item.change
             parent = posixpath.dirname(change.path)
             step = JournalStep(path=change.path, before=change.before_hash, after=None, mode=None)
+            step.before_kind = None if change.before_kind is None else str(change.before_kind)
+            step.kind = None if change.kind is None else str(change.kind)
             if change.before_hash is not None:
                 step.backup = f"originals/{index}"
                 step.beside_old = _join(parent, f".changeledger-{token}-{index}.old.tmp")
@@ -677,8 +761,11 @@ class Applier:
                 if fs.dev_of(near) == journal_dev
                 else step.beside_new
             )
-            mode = step.mode if step.mode is not None else DEFAULT_MODE
-            info = self._timed(fs.create, where, contents[step.after], mode)
+            if step.links[1]:
+                info = fs.symlink(contents[step.after], where)
+            else:
+                mode = step.mode if step.mode is not None else DEFAULT_MODE
+                info = self._timed(fs.create, where, contents[step.after], mode)
             run.placed[index] = _Placed(where, (info.st_dev, info.st_ino))
         self._sync(fs, f"{self.folder}/staged")
 
@@ -926,7 +1013,7 @@ def _remove_new(fs: FsRoot, journal: Journal, undo: _Undo) -> None:
                 functools.partial(fs.unlink, temporary),
                 posixpath.dirname(temporary),
             )
-        if step.before is None and step.after is not None and _holds(fs, step.path, step.after):
+        if step.before is None and step.after is not None and _holds(fs, step):
             undo.attempt(
                 f"remove {step.path}",
                 functools.partial(fs.unlink, step.path),
@@ -949,8 +1036,10 @@ def _put_back(fs: FsRoot, folder: str, step: JournalStep, undo: _Undo) -> None:
         return  # never backed up, so never touched: backups come before any change
     parent = posixpath.dirname(step.path)
     info = _lstat(fs, kept)
-    if info is None or not stat.S_ISREG(info.st_mode):
-        undo.failures.append(f"restore {step.path}: its backup {kept} is not a regular file")
+    wanted = stat.S_ISLNK if step.links[0] else stat.S_ISREG
+    if info is None or not wanted(info.st_mode):
+        what = "a symlink" if step.links[0] else "a regular file"
+        undo.failures.append(f"restore {step.path}: its backup {kept} is not {what}")
         return
     if _is_original(fs, step.path, kept):
         if kept == step.beside_old:
@@ -983,27 +1072,45 @@ def _exists(fs: FsRoot, rel: str) -> bool:
     return _lstat(fs, rel) is not None
 
 
-def _holds(fs: FsRoot, rel: str, digest: str) -> bool:
-    """Whether ``rel`` is a regular file with exactly the content ``digest``."""
+def _holds(fs: FsRoot, step: JournalStep) -> bool:
+    """Whether ``step.path`` is exactly what the step wrote there: a regular file with its
+    content, or a symlink with its target."""
     try:
-        found = fs.read(rel)
+        if step.links[1]:
+            info = fs.lstat(step.path)
+            if info is None or not stat.S_ISLNK(info.st_mode):
+                return False
+            return sha256_hex(fs.readlink(step.path)) == step.after
+        found = fs.read(step.path)
     except OSError:
         return False
-    return found is not None and sha256_hex(found[0]) == digest
+    return found is not None and sha256_hex(found[0]) == step.after
 
 
 def _is_original(fs: FsRoot, target: str, backup: str) -> bool:
-    """Whether ``target`` is still the file that ``backup`` saved (the apply never got to
-    replace it): the same inode for a hard link, the same content and mode for a copy."""
+    """Whether ``target`` is still the file (or symlink) that ``backup`` saved (the apply
+    never got to replace it): the same inode for a hard link, the same content (target)
+    and mode for a copy."""
     try:
         mine, saved = fs.lstat(target), fs.lstat(backup)
-        if mine is None or saved is None or not stat.S_ISREG(mine.st_mode):
+        if mine is None or saved is None:
             return False
         if (mine.st_dev, mine.st_ino) == (saved.st_dev, saved.st_ino):
             return True
-        if stat.S_IMODE(mine.st_mode) != stat.S_IMODE(saved.st_mode):
-            return False
-        a, b = fs.read(target), fs.read(backup)
-        return a is not None and b is not None and a[0] == b[0]
+        if stat.S_ISLNK(mine.st_mode) and stat.S_ISLNK(saved.st_mode):
+            return fs.readlink(target) == fs.readlink(backup)
+        return _same_file(fs, target, backup, mine, saved)
     except OSError:
         return False
+
+
+def _same_file(
+    fs: FsRoot, target: str, backup: str, mine: os.stat_result, saved: os.stat_result
+) -> bool:
+    """Two regular files with the same mode and content."""
+    if not (stat.S_ISREG(mine.st_mode) and stat.S_ISREG(saved.st_mode)):
+        return False
+    if stat.S_IMODE(mine.st_mode) != stat.S_IMODE(saved.st_mode):
+        return False
+    a, b = fs.read(target), fs.read(backup)
+    return a is not None and b is not None and a[0] == b[0]

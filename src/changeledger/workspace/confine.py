@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from changeledger.domain.errors import ValidationError, WorkspaceError
+from changeledger.domain.models import LINK_MODE, FileKind
 from changeledger.domain.paths import normalize_path, reserved_name, shown
 from changeledger.workspace.walk import QUIET_SKIPS, Found, Ignored, path_budget, walk
 
@@ -27,10 +28,12 @@ MAX_FILE_BYTES = 256 * 1024 * 1024
 
 @dataclass(frozen=True)
 class FileState:
-    """A file as it is on disk: content and permission bits."""
+    """A file as it is on disk: content and permission bits, and whether it is a symlink
+    (then ``content`` is its target and ``mode`` the 0777 a symlink shows)."""
 
     content: bytes
     mode: int
+    kind: FileKind = FileKind.FILE
 
 
 @dataclass(frozen=True)
@@ -62,10 +65,14 @@ class Workspace:
         return rel
 
     def locate(self, rel: str, name: str = "path") -> Path:
-        """The on-disk location of normalised ``rel``, refusing symlink escapes."""
+        """The on-disk location of normalised ``rel``.
+
+        Every directory on the way must be a real one: a symlink there is refused, since
+        changeledger never follows one (saying so in words when it leads outside the
+        workspace or into a reserved directory). The last name may be a symlink: that is
+        data, a file of kind symlink whose content is its target.
+        """
         target = self.root / rel
-        # Every existing ancestor must resolve inside the root, and not into a reserved
-        # directory: what a symlink points at, followed by the rest of the path.
         current = self.root
         parts = rel.split("/")
         for index, part in enumerate(parts):
@@ -76,6 +83,8 @@ class Workspace:
                     if not current.exists():
                         break
                     continue
+                if index == len(parts) - 1:
+                    break  # the path itself is a symlink: data, not followed
                 resolved = current.resolve()
             except (OSError, RuntimeError) as exc:  # a loop, a name too long...
                 if isinstance(exc, OSError) and exc.errno == errno.ENAMETOOLONG:
@@ -103,17 +112,31 @@ class Workspace:
                         f"{name} {shown(rel)} leads through the symlink {link} into {reserved}/",
                         field=name,
                     )
+            raise WorkspaceError(
+                f"{name} {shown(rel)} leads through the symlink {link}; changeledger never "
+                "follows a symlink (the symlink itself is a file of the workspace)",
+                field=name,
+            )
         return target
 
     def read(self, rel: str) -> FileState | None:
-        """The file at ``rel``, or ``None`` when nothing is there."""
+        """The file at ``rel`` (a symlink as its target, not followed), or ``None`` when
+        nothing is there."""
         target = self.locate(rel)
         try:
-            info = target.stat()
+            info = target.lstat()
         except FileNotFoundError:
             return None
         except NotADirectoryError:
             return None
+        if stat.S_ISLNK(info.st_mode):
+            try:
+                link = os.fsencode(os.fspath(target.readlink()))
+                return FileState(link, LINK_MODE, FileKind.SYMLINK)
+            except OSError as exc:
+                raise WorkspaceError(
+                    f"the symlink {shown(rel)} cannot be read: {exc.strerror}", field="path"
+                ) from exc
         if stat.S_ISDIR(info.st_mode):
             raise WorkspaceError(f"{shown(rel)} is a directory, not a file", field="path")
         if not stat.S_ISREG(info.st_mode):
@@ -124,11 +147,17 @@ class Workspace:
                 field="path",
             )
         try:
-            content = target.read_bytes()
+            fd = os.open(target, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         except PermissionError as exc:
             raise WorkspaceError(
                 f"{shown(rel)} cannot be read: permission denied", field="path"
             ) from exc
+        except OSError as exc:  # swapped for a symlink or a FIFO since the lstat
+            raise WorkspaceError(
+                f"{shown(rel)} cannot be read: {exc.strerror}", field="path"
+            ) from exc
+        with os.fdopen(fd, "rb") as handle:
+            content = handle.read(MAX_FILE_BYTES + 1)
         return FileState(content=content, mode=stat.S_IMODE(info.st_mode))
 
     def is_dir(self, rel: str) -> bool:

@@ -1,13 +1,14 @@
 """``exec``: run any command on a temporary copy of the staged view, record what it changed.
 
 The command runs in a fresh directory holding every file of the staged view (the
-workspace plus the plan's changes so far, without ``.git/`` and ``.changeledger/``). When it
-exits, each file it created, modified (content or permission bits) or deleted is staged as
+workspace plus the plan's changes so far, without ``.git/`` and ``.changeledger/``), symlinks
+as symlinks. When it exits, each file or symlink it created, modified (content, target or
+permission bits) or deleted is staged as
 a change of one invocation, whose result holds the argv, exit code, duration and the tail
 of its output. A command that exits non-zero stages nothing; its invocation is an error.
 
 What the command leaves that cannot be staged is listed under ``ignored`` with the reason:
-anything under a reserved directory (at any depth), symlinks, special files, files over
+anything under a reserved directory (at any depth), special files, files over
 ``MAX_FILE_BYTES`` (never read), names that are not UTF-8, paths too long. setuid, setgid,
 sticky and world-writable bits are dropped from the modes it stages, each with a notice.
 
@@ -36,7 +37,7 @@ from pathlib import Path
 from types import TracebackType
 
 from changeledger.domain.errors import ValidationError, WorkspaceError
-from changeledger.domain.models import JSONValue
+from changeledger.domain.models import FileKind, JSONValue
 from changeledger.domain.redact import Redactor
 from changeledger.logs import get_logger
 from changeledger.workspace.confine import MAX_FILE_BYTES, FileState
@@ -59,6 +60,9 @@ DROPPED_BITS: tuple[tuple[int, str], ...] = (
     (stat.S_IWOTH, "world-writable"),
 )
 _DROPPED_MASK = stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX | stat.S_IWOTH
+
+#: The mode noted for a symlink in the before-state (no file has it).
+_LINK = -1
 
 _READ_CHUNK = 64 * 1024
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -157,6 +161,10 @@ def _copy_in(
             if state is None:
                 continue
             parent, _, name = rel.rpartition("/")
+            if state.kind is FileKind.SYMLINK:  # as it is: a link is data, never followed
+                os.symlink(state.content, name, dir_fd=directories.enter(parent))
+                before[rel] = (hashlib.sha256(state.content).digest(), _LINK)
+                continue
             fd = os.open(name, _CREATE_FLAGS, 0o600, dir_fd=directories.enter(parent))
             try:
                 _write_all(fd, state.content)
@@ -207,6 +215,9 @@ def _stage(
         ctx.delete(rel)
     notices: list[str] = []
     for item, digest in changed:
+        if stat.S_ISLNK(item.info.st_mode):
+            _stage_link(ctx, item, digest, ignored)
+            continue
         content = _read(item, ignored)
         if content is None:  # pragma: no cover - only a process that left the group
             continue
@@ -219,10 +230,41 @@ def _stage(
             mode &= ~_DROPPED_MASK
             notices.append(f"dropped {_words(dropped)} from {item.rel}")
         try:
+            _replace_kind(ctx, item.rel, FileKind.FILE)
             ctx.write(item.rel, content, mode)
-        except (WorkspaceError, ValidationError) as exc:  # e.g. a symlink there on disk
+        except (WorkspaceError, ValidationError) as exc:
             ignored.append(Ignored(item.rel, str(exc), Skip.NAME))
     return notices
+
+
+def _stage_link(ctx: ToolContext, item: Found, digest: bytes, ignored: list[Ignored]) -> None:
+    """Stage the symlink ``item`` as it is (its target, whatever it names)."""
+    target = _read_link(item, ignored)
+    if target is None:
+        return
+    if hashlib.sha256(target).digest() != digest:  # pragma: no cover - changed meanwhile
+        ignored.append(Ignored(item.rel, "changed while being read", Skip.UNREADABLE))
+        return
+    try:
+        _replace_kind(ctx, item.rel, FileKind.SYMLINK)
+        ctx.write(item.rel, target, kind=FileKind.SYMLINK)
+    except (WorkspaceError, ValidationError) as exc:
+        ignored.append(Ignored(item.rel, str(exc), Skip.NAME))
+
+
+def _replace_kind(ctx: ToolContext, rel: str, kind: FileKind) -> None:
+    """A file the command replaced by a symlink (or the reverse): the old one goes first."""
+    current = ctx.state(rel)
+    if current is not None and current.kind is not kind:
+        ctx.delete(rel)
+
+
+def _read_link(item: Found, ignored: list[Ignored]) -> bytes | None:
+    try:
+        return os.fsencode(os.readlink(os.fsencode(item.path)))  # noqa: PTH115 - bytes in, bytes out
+    except OSError as exc:
+        ignored.append(Ignored(item.rel, f"cannot be read: {exc.strerror}", Skip.UNREADABLE))
+        return None
 
 
 def _changes(
@@ -241,11 +283,13 @@ def _changes(
             seen.add(item.path)
             continue
         seen.add(item.rel)
-        content = _read(item, ignored)
+        link = stat.S_ISLNK(item.info.st_mode)
+        content = _read_link(item, ignored) if link else _read(item, ignored)
         if content is None:
             continue
         digest = hashlib.sha256(content).digest()
-        if before.get(item.rel) != (digest, stat.S_IMODE(item.info.st_mode)):
+        mode = _LINK if link else stat.S_IMODE(item.info.st_mode)
+        if before.get(item.rel) != (digest, mode):
             changed.append((item, digest))
     gone = [
         rel

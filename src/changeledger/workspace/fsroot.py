@@ -246,13 +246,30 @@ class FsRoot:
             os.close(fd)
 
     def copy(self, src: str, dst: str, *, other: FsRoot | None = None) -> os.stat_result:
-        """Copy the regular file ``src`` (in ``other``, or this tree) to a new file ``dst``
-        of this tree, mode included, fsynced: how content crosses file systems."""
-        found = (other or self).read(src)
+        """Copy the regular file or symlink ``src`` (in ``other``, or this tree) to a new
+        ``dst`` of this tree, mode included, fsynced: how content crosses file systems."""
+        source = other or self
+        info = source.lstat(src)
+        if info is None:
+            raise FileNotFoundError(errno.ENOENT, "no such file", src)
+        if stat.S_ISLNK(info.st_mode):
+            return self.symlink(source.readlink(src), dst)
+        found = source.read(src)
         if found is None:
             raise FileNotFoundError(errno.ENOENT, "no such file", src)
         data, info = found
         return self.create(dst, data, stat.S_IMODE(info.st_mode))
+
+    def readlink(self, rel: str) -> bytes:
+        """The target of the symlink ``rel`` (``OSError`` EINVAL if it is not one)."""
+        with self.parent(rel) as (fd, name):
+            return os.readlink(os.fsencode(name), dir_fd=fd)
+
+    def symlink(self, target: bytes, rel: str) -> os.stat_result:
+        """A new symlink ``rel`` (it must not exist) pointing at ``target``; its status."""
+        with self.parent(rel) as (fd, name):
+            os.symlink(target, name, dir_fd=fd)
+            return os.stat(name, dir_fd=fd, follow_symlinks=False)
 
     def unlink(self, rel: str) -> None:
         with self.parent(rel) as (fd, name):

@@ -13,10 +13,13 @@ from dataclasses import dataclass
 
 from changeledger.domain.errors import ValidationError, WorkspaceError
 from changeledger.domain.models import (
+    LINK_MODE,
     SPECIAL_MODE_BITS,
     ChangeEntry,
     ChangeOperation,
     FileChange,
+    FileKind,
+    check_link_target,
     is_permission_mode,
 )
 from changeledger.domain.paths import check_glob, shown
@@ -34,6 +37,7 @@ class _Staged:
     digest: str | None
     mode: int
     content: bytes | None = None
+    kind: FileKind = FileKind.FILE
 
 
 #: Overlay value for a path the plan deleted.
@@ -67,9 +71,9 @@ class StagedView:
             if entry.after_hash is None:
                 view._overlay[entry.path] = _DELETED
             else:
-                view._overlay[entry.path] = _Staged(
-                    digest=entry.after_hash, mode=entry.mode or DEFAULT_MODE
-                )
+                kind = entry.kind or FileKind.FILE
+                mode = LINK_MODE if kind is FileKind.SYMLINK else entry.mode or DEFAULT_MODE
+                view._overlay[entry.path] = _Staged(entry.after_hash, mode, kind=kind)
         return view
 
     # -- reading -------------------------------------------------------------------------
@@ -86,7 +90,7 @@ class StagedView:
             if staged.digest is None or self._read_blob is None:
                 raise WorkspaceError(f"staged content of {shown(rel)} is not available", "path")
             staged.content = self._read_blob(staged.digest)
-        return FileState(content=staged.content, mode=staged.mode)
+        return FileState(content=staged.content, mode=staged.mode, kind=staged.kind)
 
     def read(self, path: str) -> bytes:
         state = self.state(path)
@@ -125,8 +129,17 @@ class StagedView:
 
     # -- staging ---------------------------------------------------------------------------
 
-    def write(self, path: str, content: bytes, mode: int | None = None) -> FileChange:
-        """Stage ``content`` at ``path`` (a create or a modify)."""
+    def write(
+        self,
+        path: str,
+        content: bytes,
+        mode: int | None = None,
+        *,
+        kind: FileKind = FileKind.FILE,
+    ) -> FileChange:
+        """Stage ``content`` at ``path`` (a create or a modify); with ``kind`` symlink,
+        ``content`` is the link's target. A path keeps its kind: to turn a file into a
+        symlink (or back), delete it first."""
         rel = self.workspace.relative(path)
         if not isinstance(content, bytes):
             raise ValidationError("content must be bytes", field="content")
@@ -134,24 +147,30 @@ class StagedView:
             raise ValidationError(
                 f"content for {shown(rel)} is above the {MAX_FILE_BYTES}-byte limit", "content"
             )
-        self._refuse_symlink(rel)
+        kind = FileKind(kind)
         current = self.state(rel)
         if current is None:
             self._check_parents(rel)
             if self._is_dir(rel):
                 raise WorkspaceError(f"{shown(rel)} is a directory, not a file", field="path")
-        if mode is not None and (not is_permission_mode(mode) or mode & SPECIAL_MODE_BITS):
-            raise ValidationError(
-                f"mode {mode!r} is not a permission mode without setuid, setgid or sticky "
-                "bits (0 to 0o777)",
-                field="mode",
-            )
-        # Never carry setuid, setgid or sticky bits over to content an agent wrote.
-        inherited = current.mode & ~SPECIAL_MODE_BITS if current else DEFAULT_MODE
-        new_mode = mode if mode is not None else inherited
-        self._set(rel, _Staged(digest=None, mode=new_mode, content=content))
+        elif current.kind is not kind:
+            raise WorkspaceError(_kind_change(rel, current.kind, kind), field="path")
+        if kind is FileKind.SYMLINK:
+            check_link_target(content, "content")
+            new_mode = LINK_MODE
+        else:
+            if mode is not None and (not is_permission_mode(mode) or mode & SPECIAL_MODE_BITS):
+                raise ValidationError(
+                    f"mode {mode!r} is not a permission mode without setuid, setgid or "
+                    "sticky bits (0 to 0o777)",
+                    field="mode",
+                )
+            # Never carry setuid, setgid or sticky bits over to content an agent wrote.
+            inherited = current.mode & ~SPECIAL_MODE_BITS if current else DEFAULT_MODE
+            new_mode = mode if mode is not None else inherited
+        self._set(rel, _Staged(digest=None, mode=new_mode, content=content, kind=kind))
         if current is None:
-            return FileChange(rel, ChangeOperation.CREATE, after=content, mode=new_mode)
+            return FileChange(rel, ChangeOperation.CREATE, after=content, mode=new_mode, kind=kind)
         return FileChange(
             rel,
             ChangeOperation.MODIFY,
@@ -159,11 +178,13 @@ class StagedView:
             after=content,
             mode=new_mode,
             before_mode=current.mode,
+            kind=kind,
+            before_kind=current.kind,
         )
 
     def delete(self, path: str) -> FileChange:
+        """Stage the removal of the file (or symlink) at ``path``."""
         rel = self.workspace.relative(path)
-        self._refuse_symlink(rel)
         current = self.state(rel)
         if current is None:
             if self._is_dir(rel):
@@ -176,15 +197,16 @@ class StagedView:
             before=current.content,
             mode=current.mode,
             before_mode=current.mode,
+            kind=current.kind,
+            before_kind=current.kind,
         )
 
     def move(self, src: str, dst: str) -> FileChange:
+        """Stage moving the file (or symlink, as it is) ``src`` to ``dst``."""
         old = self.workspace.relative(src, "src")
         new = self.workspace.relative(dst, "dst")
         if old == new:
             raise ValidationError("src and dst are the same path", field="dst")
-        self._refuse_symlink(old)
-        self._refuse_symlink(new)
         current = self.state(old)
         if current is None:
             raise ValidationError(f"cannot move {old!r}: it does not exist", field="src")
@@ -194,8 +216,8 @@ class StagedView:
         if self._is_dir(new):
             raise WorkspaceError(f"{new!r} is a directory, not a file", field="dst")
         self._set(old, _DELETED)
-        mode = current.mode & ~SPECIAL_MODE_BITS
-        self._set(new, _Staged(digest=None, mode=mode, content=current.content))
+        mode = current.mode if current.kind is FileKind.SYMLINK else current.mode & 0o777
+        self._set(new, _Staged(None, mode, content=current.content, kind=current.kind))
         return FileChange(
             new,
             ChangeOperation.RENAME,
@@ -204,6 +226,8 @@ class StagedView:
             after=current.content,
             mode=mode,
             before_mode=current.mode,
+            kind=current.kind,
+            before_kind=current.kind,
         )
 
     # -- grouping a tool call's writes -----------------------------------------------------
@@ -225,13 +249,6 @@ class StagedView:
     def _set(self, rel: str, value: _Staged | None) -> None:
         self._undo.append((rel, self._overlay.get(rel, _MISSING)))
         self._overlay[rel] = value
-
-    def _refuse_symlink(self, rel: str) -> None:
-        if self.workspace.locate(rel).is_symlink() and rel not in self._overlay:
-            raise WorkspaceError(
-                f"{shown(rel)} is a symlink; changeledger does not write through symlinks",
-                field="path",
-            )
 
     def _check_parents(self, rel: str) -> None:
         parts = rel.split("/")
@@ -266,3 +283,12 @@ class StagedView:
             if self._overlay.get(f"{rel}/{item.rel}", _MISSING) is not _DELETED:
                 return True
         return False
+
+
+def _kind_change(rel: str, was: FileKind, wanted: FileKind) -> str:
+    if was is FileKind.SYMLINK:
+        return (
+            f"{shown(rel)} is a symlink; changeledger does not write through symlinks "
+            "(delete it first to put a file there)"
+        )
+    return f"{shown(rel)} is a file, not a symlink (delete it first to put a {wanted} there)"

@@ -24,10 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
 
-from changeledger.domain.errors import ChangeLedgerError, ValidationError
-from changeledger.domain.models import MAX_TOOL_NAME, FileChange, JSONValue
+from changeledger.domain.errors import ChangeLedgerError, ValidationError, WorkspaceError
+from changeledger.domain.models import MAX_TOOL_NAME, FileChange, FileKind, JSONValue
 from changeledger.domain.paths import normalize_path
 from changeledger.domain.redact import Redactor, default_redactor
+from changeledger.workspace.confine import FileState
 from changeledger.workspace.patch import apply_hunks, parse_patch
 from changeledger.workspace.staged import StagedView
 
@@ -79,14 +80,32 @@ class ToolContext:
     def list_files(self, pattern: str | None = None) -> list[str]:
         return self.view.files(pattern)
 
-    def write(self, path: str, content: bytes | str, mode: int | None = None) -> None:
-        """Stage ``content`` at ``path``; writing what is already there records nothing."""
+    def state(self, path: str) -> FileState | None:
+        """Content, mode and kind of ``path`` in the staged view (``None``: absent)."""
+        self._touch(path)
+        return self.view.state(path)
+
+    def write(
+        self,
+        path: str,
+        content: bytes | str,
+        mode: int | None = None,
+        *,
+        kind: FileKind = FileKind.FILE,
+    ) -> None:
+        """Stage ``content`` at ``path`` (with ``kind`` symlink: a link whose target is
+        ``content``); writing what is already there records nothing."""
         data = content.encode("utf-8") if isinstance(content, str) else content
         self._touch(path)
         current = self.view.state(path)
-        if current is not None and current.content == data and mode in (None, current.mode):
+        if (
+            current is not None
+            and current.kind is kind
+            and current.content == data
+            and (mode in (None, current.mode) or kind is FileKind.SYMLINK)
+        ):
             return
-        self.changes.append(self.view.write(path, data, mode))
+        self.changes.append(self.view.write(path, data, mode, kind=kind))
 
     def delete(self, path: str) -> None:
         self._touch(path)
@@ -108,7 +127,8 @@ class ToolContext:
 
 def _real_path(root: Path, rel: str) -> str:
     """``rel`` with the symlinks on its way inside ``root`` resolved; ``rel`` itself when
-    it cannot be resolved or leads outside (the operation refuses such a path)."""
+    it cannot be resolved or leads outside. (A link is never followed to read or write:
+    this only tells the redactor what a call touched, erring towards masking.)"""
     try:
         real = (root / rel).resolve().relative_to(root)
     except (OSError, RuntimeError, ValueError):
@@ -254,12 +274,23 @@ BUILTINS = ToolRegistry()
 @BUILTINS.register("read_file")
 def read_file(ctx: ToolContext, path: str) -> dict[str, JSONValue]:
     """Read a file of the staged view as UTF-8 text."""
-    data = ctx.read(path)
+    state = ctx.state(path)
+    if state is None:
+        raise ValidationError(f"{path!r} does not exist", field="path")
+    data = state.content
     try:
         text: str | None = data.decode("utf-8")
     except UnicodeDecodeError:
         text = None
-    return {"path": path, "size": len(data), "content": text, "binary": text is None}
+    result: dict[str, JSONValue] = {
+        "path": path,
+        "size": len(data),
+        "content": text,
+        "binary": text is None,
+    }
+    if state.kind is FileKind.SYMLINK:
+        result["symlink"] = True  # ``content`` is its target: a link is never followed
+    return result
 
 
 @BUILTINS.register("list_files")
@@ -291,6 +322,12 @@ def edit_file(
     """Replace exact text: an error when it is missing, or found more than once."""
     if not old:
         raise ValidationError("edit_file: old must not be empty", field="old")
+    state = ctx.state(path)
+    if state is not None and state.kind is FileKind.SYMLINK:
+        raise WorkspaceError(
+            f"edit_file: {path!r} is a symlink; changeledger does not write through symlinks",
+            field="path",
+        )
     text = ctx.read_text(path)
     count = text.count(old)
     if count == 0:

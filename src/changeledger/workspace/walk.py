@@ -35,7 +35,7 @@ class Skip(enum.Enum):
     """Why an entry is not a file of the listing."""
 
     RESERVED = "reserved"  # .git/, .changeledger/ and the names that stand for them
-    LINK = "link"  # a symlink: never captured
+    LINK = "link"  # (unused since symlinks are files of kind symlink; kept for callers)
     SPECIAL = "special"  # a FIFO, socket or device
     UNREADABLE = "unreadable"  # a directory that cannot be listed
     NAME = "name"  # a name the ledger cannot record (not UTF-8, a backslash...)
@@ -61,7 +61,8 @@ class Ignored:
 
 @dataclass(frozen=True)
 class Found:
-    """A regular file: its workspace-relative path, its path on disk and its ``lstat``."""
+    """A regular file or a symlink (``info`` tells which): its workspace-relative path,
+    its path on disk and its ``lstat``."""
 
     rel: str
     path: str
@@ -87,7 +88,7 @@ def path_budget(*roots: str | os.PathLike[str]) -> int:
 
 
 def walk(root: str | os.PathLike[str], budget: int) -> Iterator[Found | Ignored]:
-    """Every regular file under ``root`` and every entry that is not one, without
+    """Every regular file and symlink under ``root`` and every entry that is neither, without
     recursion and without following symlinks. Directories are read whole, one at a time;
     each is opened from its parent's fd when that was the last one read (so a chain of
     directories costs one step per level), else by a path that fits in PATH_MAX, and
@@ -121,10 +122,8 @@ def walk(root: str | os.PathLike[str], budget: int) -> Iterator[Found | Ignored]
                     yield Ignored(printable(rel) + ("/" if is_dir else ""), reason, skip)
                 elif is_dir:
                     subdirs.append((rel, (info.st_dev, info.st_ino)))
-                elif stat.S_ISREG(info.st_mode):
-                    yield Found(rel, f"{base}/{rel}", info)
-                elif stat.S_ISLNK(info.st_mode):
-                    yield Ignored(printable(rel), "a symlink, which is never captured", Skip.LINK)
+                elif stat.S_ISREG(info.st_mode) or stat.S_ISLNK(info.st_mode):
+                    yield Found(rel, f"{base}/{rel}", info)  # a symlink is data: its target
                 else:
                     yield Ignored(printable(rel), "not a regular file", Skip.SPECIAL)
             # Popped last-in first-out: push in reverse to walk in name order.
