@@ -497,6 +497,7 @@ def read_journal(workspace: Workspace, name: str) -> Journal | None:
 _BESIDE = re.compile(r"^\.changeledger-([0-9a-f]{12})-(\d+)\.(old|new)\.tmp$")
 _LEGACY_BESIDE = re.compile(r"^\..*\.changeledger-([0-9A-Za-z]+)-(\d+)\.tmp$")
 _STEP_KEYS = frozenset(f.name for f in JournalStep.__dataclass_fields__.values())
+_KIND_KEYS = frozenset({"kind", "before_kind"})
 _LEGACY_STEP_KEYS = frozenset({"path", "before", "after", "mode", "backup", "staged", "beside"})
 #: Most steps a journal may list (a plan of a million files is not applied at once).
 MAX_JOURNAL_STEPS = 1_000_000
@@ -541,7 +542,8 @@ def parse_journal(raw: object, name: str) -> Journal:
 
 
 def _step(raw: object, index: int, token: str) -> JournalStep:
-    if not isinstance(raw, dict) or set(raw) != _STEP_KEYS:
+    # The kinds came later: a step without them is of files.
+    if not isinstance(raw, dict) or not _STEP_KEYS - _KIND_KEYS <= set(raw) <= _STEP_KEYS:
         raise ValidationError(f"step {index} does not have the fields of a step")
     step = JournalStep(**raw)
     _check_common(step, index)
